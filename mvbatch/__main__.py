@@ -1,0 +1,3 @@
+from mvbatch.cli import main
+
+main()

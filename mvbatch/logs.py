@@ -1,0 +1,123 @@
+"""Logging set-up: named events with flat fields, and no secret ever written.
+
+Owns: structlog configuration (human console on a terminal, JSON lines
+otherwise, or as `--log-format` says), an optional JSON log file under the
+state folder, and the redaction processor. Every secret the process knows
+(the API key) is registered here once; the processor replaces it wherever it
+appears in any field, and blanks fields whose names say they hold secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import structlog
+
+LogFormat = Literal["auto", "console", "json"]
+REDACTED = "[redacted]"
+_SECRET_FIELDS = frozenset(
+    {"authorization", "api_key", "apikey", "token", "secret", "password", "bearer"}
+)
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    # Very short values would blank ordinary words; real keys are long.
+    if value and len(value) >= 6:
+        _secrets.add(value)
+
+
+def redact_text(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if str(k).lower() in _SECRET_FIELDS else _redact_value(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return redact_text(repr(value))
+    return value
+
+
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for name in list(event):
+        if name.lower() in _SECRET_FIELDS:
+            event[name] = REDACTED
+        else:
+            event[name] = _redact_value(event[name])
+    return event
+
+
+class _Tee:
+    """Writes each rendered line to the console stream and, if set, a log file."""
+
+    def __init__(self, console: TextIO | None, file: TextIO | None) -> None:
+        self.console, self.file = console, file
+
+    def msg(self, message: str) -> None:
+        if self.console is not None:
+            print(message, file=self.console, flush=True)
+        if self.file is not None:
+            print(message, file=self.file, flush=True)
+
+    log = debug = info = warning = warn = error = critical = exception = msg
+
+
+def configure(
+    log_format: LogFormat = "auto",
+    level: str = "warning",
+    log_file: Path | None = None,
+    stream: TextIO | None = None,
+) -> None:
+    """Console output goes to stderr at `level`; the log file, if any, gets JSON at info."""
+    console = stream or sys.stderr
+    use_json = log_format == "json" or (log_format == "auto" and not console.isatty())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+    ]
+    handle = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = log_file.open("a", encoding="utf-8")
+    threshold = logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)
+
+    def route(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+        # The file keeps everything from info up as JSON; the console only
+        # what passes its own level, rendered for a person or a machine.
+        json_line = structlog.processors.JSONRenderer()(_logger, method, dict(event))
+        loud = logging.getLevelNamesMapping().get(method.upper(), logging.INFO) >= threshold
+        if handle is not None:
+            print(json_line, file=handle, flush=True)
+        if not loud:
+            raise structlog.DropEvent
+        if use_json:
+            return json_line
+        return structlog.dev.ConsoleRenderer(colors=console.isatty())(_logger, method, event)
+
+    structlog.configure(
+        processors=[*shared, route],
+        logger_factory=lambda *_: _Tee(console, None),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get(name: str = "mvbatch") -> Any:
+    return structlog.get_logger(name)

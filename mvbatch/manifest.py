@@ -1,0 +1,288 @@
+"""The TOML manifest: its keys (SPEC §3), read strictly, with located errors.
+
+Owns: parsing the file, the pydantic models of every key (`extra="forbid"`,
+so a typo is an error, not a silently ignored setting), and turning parser
+and validation errors into `Problem`s that name the file, the shot, the field
+and what was expected. It does not expand matrices or look at models: that is
+the planner's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mvbatch.errors import ManifestError, Problem
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+MAX_TAKES = 100
+RESERVED_MATRIX_KEYS = ("include", "exclude")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Budget(_Strict):
+    max_usd: Annotated[Decimal, Field(gt=0, strict=False)] | None = None
+
+    @field_validator("max_usd", mode="before")
+    @classmethod
+    def _number(cls, value: Any) -> Any:
+        # TOML gives floats; go through their shortest text so 12.5 stays 12.5
+        # and never becomes 12.4999999... as a Decimal.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number of US dollars, e.g. max_usd = 12.50")
+        return Decimal(repr(value))
+
+
+class Matrix(_Strict):
+    """`[shots.matrix]`: axes are any other keys, each a non-empty list."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+
+    include: list[dict[str, Any]] = Field(default_factory=list)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+
+    @property
+    def axes(self) -> dict[str, list[Any]]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _check(self) -> Matrix:
+        for name, values in self.axes.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(
+                    f"matrix axis '{name}' must be a non-empty list of values, "
+                    f'e.g. {name} = ["a", "b"]'
+                )
+        for entry in self.exclude:
+            unknown = [k for k in entry if k not in self.axes]
+            if unknown:
+                raise ValueError(
+                    f"exclude key '{unknown[0]}' is not an axis of the matrix "
+                    f"(axes: {', '.join(self.axes) or 'none'})"
+                )
+        for group, entries in (("include", self.include), ("exclude", self.exclude)):
+            if any(not entry for entry in entries):
+                raise ValueError(f"an empty [[shots.matrix.{group}]] table matches nothing")
+        return self
+
+
+class Defaults(_Strict):
+    model: str | None = None
+    prompt: str | None = None
+    takes: Annotated[int, Field(ge=1, le=MAX_TAKES)] | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+ShotId = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f/\\]+$")
+]
+
+
+class Shot(_Strict):
+    id: ShotId
+    model: str | None = None
+    prompt: str | None = None
+    takes: Annotated[int, Field(ge=1, le=MAX_TAKES)] | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+    matrix: Matrix | None = None
+
+    @model_validator(mode="after")
+    def _prompt_once(self) -> Shot:
+        if self.prompt is not None and "prompt" in self.input:
+            raise ValueError("give the prompt either as `prompt` or as `input.prompt`, not both")
+        return self
+
+
+class Manifest(_Strict):
+    name: Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=64)]
+    budget: Budget = Field(default_factory=Budget)
+    defaults: Defaults = Field(default_factory=Defaults)
+    shots: Annotated[list[Shot], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Manifest:
+        seen: set[str] = set()
+        for shot in self.shots:
+            if shot.id in seen:
+                raise ValueError(f"shot id '{shot.id}' is used twice; ids must be unique")
+            seen.add(shot.id)
+        return self
+
+
+class LoadedManifest(BaseModel):
+    """A parsed manifest with where it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    path: Path
+    sha256: str
+    manifest: Manifest
+
+    @property
+    def display(self) -> str:
+        return display_path(self.path)
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def load(path: Path) -> LoadedManifest:
+    shown = display_path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError([Problem(shown, "file not found")]) from None
+    except OSError as error:
+        raise ManifestError([Problem(shown, f"cannot read the file: {error.strerror}")]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError([Problem(shown, f"not UTF-8 text (byte {error.start})")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ManifestError([_toml_problem(shown, error)]) from None
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as error:
+        raise ManifestError(_problems(shown, data, error)) from None
+    return LoadedManifest(path=path, sha256=hashlib.sha256(raw).hexdigest(), manifest=manifest)
+
+
+_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
+
+
+def _toml_problem(file: str, error: tomllib.TOMLDecodeError) -> Problem:
+    message = str(error)
+    found = _AT.search(message)
+    if found is None:
+        return Problem(file, f"TOML syntax error: {message}")
+    return Problem(
+        file,
+        f"TOML syntax error: {message[: found.start()]}",
+        line=int(found.group(1)),
+        column=int(found.group(2)),
+    )
+
+
+def _problems(file: str, data: Any, error: ValidationError) -> list[Problem]:
+    problems = []
+    for item in error.errors(include_url=False):
+        location = list(item["loc"])
+        shot: str | None = None
+        if len(location) >= 2 and location[0] == "shots" and isinstance(location[1], int):
+            index = location[1]
+            shot = _shot_label(data, index)
+            location = location[2:]
+        field = _dotted(location)
+        problems.append(Problem(file, _explain(item), shot=shot, field=field or None))
+    return problems
+
+
+def _shot_label(data: Any, index: int) -> str:
+    try:
+        shot_id = data["shots"][index]["id"]
+    except (KeyError, IndexError, TypeError):
+        shot_id = None
+    return str(shot_id) if isinstance(shot_id, str) and shot_id else f"#{index + 1}"
+
+
+def _dotted(location: list[Any]) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("function-after", "function-before", "constrained-str", "[key]"):
+            continue
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _explain(item: Any) -> str:
+    kind = item["type"]
+    ctx = item.get("ctx", {})
+    got = item.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key (check its spelling; see SPEC §3 for the manifest keys)"
+    if kind == "missing":
+        return "required key missing"
+    if kind == "string_pattern_mismatch":
+        if item["loc"] == ("name",):
+            return (
+                f"expected lowercase letters, digits, '-' or '_', starting with a letter or "
+                f'digit (e.g. "launch-teaser"); got {got!r}'
+            )
+        return f"contains characters that are not allowed; got {got!r}"
+    if kind in (
+        "string_type",
+        "int_type",
+        "list_type",
+        "dict_type",
+        "decimal_type",
+        "model_type",
+        "bool_type",
+    ):
+        expected = {
+            "string_type": "a string",
+            "int_type": "an integer",
+            "list_type": "a list",
+            "dict_type": "a table",
+            "decimal_type": "a number",
+            "model_type": "a table",
+            "bool_type": "true or false",
+        }[kind]
+        return f"expected {expected}; got {_toml_type(got)}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = next(iter(ctx.values()))
+        words = {
+            "greater_than_equal": "at least",
+            "greater_than": "more than",
+            "less_than_equal": "at most",
+            "less_than": "less than",
+        }[kind]
+        return f"expected {words} {bound}; got {got!r}"
+    if kind == "too_short" and item["loc"] == ("shots",):
+        return "at least one [[shots]] entry is required"
+    if kind == "string_too_short":
+        return "must not be empty"
+    if kind == "value_error":
+        return str(ctx.get("error", item["msg"]))
+    return str(item["msg"])
+
+
+def _toml_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__

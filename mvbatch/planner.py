@@ -1,0 +1,371 @@
+"""Manifest → Plan: every concrete task, keyed by its content and priced.
+
+Owns: merging defaults under shots, expanding matrices, mapping the portable
+`aspect_ratio`, resolving `"@path"` files, validating each input against the
+catalog, pricing it, and deduplicating identical tasks. The result is pure
+data (frozen dataclasses); planning twice gives the same plan. The only
+network access is reading MP4 headers of reference videos given by URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from mvbatch import catalog, matrix, media
+from mvbatch.catalog import Model
+from mvbatch.errors import ManifestError, Problem
+from mvbatch.keys import canonical_json, task_key_from_text
+from mvbatch.manifest import LoadedManifest, Shot
+from mvbatch.mp4 import ProbeResult
+from mvbatch.pricing import Estimate, PriceBook, total
+
+PORTABLE_ASPECT = "aspect_ratio"
+Variant = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedTask:
+    key: str
+    manifest: str
+    shot: str
+    shots: tuple[str, ...]  # every shot that asked for exactly this task
+    variant: Variant  # the matrix combination, in axis order
+    take: int
+    model: str
+    input: Mapping[str, Any]  # local files are media.LocalFile values
+    estimate: Estimate
+
+    @property
+    def variant_label(self) -> str:
+        return " · ".join(f"{k}={_short(v)}" for k, v in self.variant) or "default"
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON body to POST: local files become data: URIs here, and only here."""
+        return {"model": self.model, "input": _materialize(self.input)}
+
+    def public_input(self) -> dict[str, Any]:
+        """The input as shown to people: a local file is `@path#sha256=<hex>`."""
+        return _public(self.input)  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    manifest: LoadedManifest
+    tasks: tuple[PlannedTask, ...]
+    warnings: tuple[Problem, ...] = ()
+    duplicates: int = 0  # tasks asked for by more than one shot, planned once
+
+    @property
+    def name(self) -> str:
+        return self.manifest.manifest.name
+
+    @property
+    def max_usd(self) -> Decimal | None:
+        return self.manifest.manifest.budget.max_usd
+
+    @property
+    def cost_estimate(self) -> Decimal:
+        return total([t.estimate.cost for t in self.tasks])
+
+
+# Given a reference video (a local file or a URL), its length read from the
+# MP4 header, or the reason it could not be read.
+ReferenceProbe = Callable[[media.LocalFile | str], ProbeResult]
+
+
+def no_probe(_reference: media.LocalFile | str) -> ProbeResult:
+    return ProbeResult(None, detail="reference videos were not probed")
+
+
+@dataclass
+class _Builder:
+    loaded: LoadedManifest
+    prices: PriceBook
+    probe: ReferenceProbe
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    files: dict[Path, media.LocalFile] = field(default_factory=dict)
+    tasks: dict[str, tuple[PlannedTask, list[str]]] = field(default_factory=dict)
+    # Validation and pricing depend on (model, input) only, not on the take or
+    # the shot: cache them so many takes of one variant cost one validation.
+    checked: dict[str, tuple[list[catalog.Issue], list[catalog.Issue], Estimate | None]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def file(self) -> str:
+        return self.loaded.display
+
+
+def plan(
+    loaded: LoadedManifest, prices: PriceBook | None = None, probe: ReferenceProbe | None = None
+) -> Plan:
+    builder = _Builder(loaded, prices or PriceBook(), probe or no_probe)
+    for shot in loaded.manifest.shots:
+        _plan_shot(builder, shot)
+    if builder.problems:
+        raise ManifestError(builder.problems)
+    tasks = tuple(_with_shots(task, shots) for task, shots in builder.tasks.values())
+    duplicates = sum(1 for _, shots in builder.tasks.values() if len(shots) > 1)
+    return Plan(loaded, tasks, tuple(builder.warnings), duplicates)
+
+
+def _with_shots(task: PlannedTask, shots: list[str]) -> PlannedTask:
+    if len(shots) == 1:
+        return task
+    return PlannedTask(
+        task.key,
+        task.manifest,
+        task.shot,
+        tuple(shots),
+        task.variant,
+        task.take,
+        task.model,
+        task.input,
+        task.estimate,
+    )
+
+
+def _plan_shot(b: _Builder, shot: Shot) -> None:
+    defaults = b.loaded.manifest.defaults
+    name = b.loaded.manifest.name
+    takes = shot.takes or defaults.takes or 1
+    base_input: dict[str, Any] = {**defaults.input, **shot.input}
+    prompt = (
+        shot.prompt
+        if shot.prompt is not None
+        else (None if "prompt" in shot.input else defaults.prompt)
+    )
+    if prompt is not None:
+        base_input["prompt"] = prompt
+    spec = shot.matrix
+    combinations = (matrix.expand(spec.axes, spec.exclude, spec.include) if spec else [{}]) or [{}]
+
+    for combination in combinations:
+        variant: Variant = tuple(combination.items())
+        slug = combination.get("model", shot.model or defaults.model)
+        if slug is None:
+            b.problems.append(
+                Problem(
+                    b.file,
+                    "no model: set `model` on the shot, in [defaults] "
+                    f"or as a matrix axis; known models: {catalog.known()}",
+                    shot=shot.id,
+                    field="model",
+                )
+            )
+            return
+        model = catalog.get(slug) if isinstance(slug, str) else None
+        if model is None:
+            b.problems.append(
+                Problem(
+                    b.file,
+                    f"unknown model {slug!r}{_where(variant)}; known models: {catalog.known()}",
+                    shot=shot.id,
+                    field="model",
+                )
+            )
+            continue
+        raw = {**base_input, **{k: v for k, v in combination.items() if k != "model"}}
+        resolved = _resolve(b, shot, model, raw, variant)
+        if resolved is None:
+            continue
+        canonical = canonical_json(_canonical(resolved) if b.files else resolved)
+        errors, warnings, estimate = _check(b, model, resolved, canonical)
+        for issue in errors:
+            b.problems.append(
+                Problem(b.file, issue.message + _where(variant), shot=shot.id, field=issue.field)
+            )
+        for issue in warnings:
+            b.warnings.append(
+                Problem(b.file, issue.message + _where(variant), shot=shot.id, field=issue.field)
+            )
+        if errors or estimate is None:
+            continue
+        for take in range(1, takes + 1):
+            key = task_key_from_text(name, model.slug, canonical, take)
+            if key in b.tasks:
+                shots = b.tasks[key][1]
+                if shot.id not in shots:
+                    shots.append(shot.id)
+                continue
+            task = PlannedTask(
+                key, name, shot.id, (shot.id,), variant, take, model.slug, resolved, estimate
+            )
+            b.tasks[key] = (task, [shot.id])
+
+
+def _where(variant: Variant) -> str:
+    """Names the matrix variant in a message, for shots that have several."""
+    label = " · ".join(f"{k}={_short(v)}" for k, v in variant)
+    return f" (variant {label})" if label else ""
+
+
+def _resolve(
+    b: _Builder, shot: Shot, model: Model, raw: dict[str, Any], variant: Variant
+) -> dict[str, Any] | None:
+    """Map the portable aspect ratio and turn `"@path"` media values into LocalFiles."""
+    resolved = raw
+    if PORTABLE_ASPECT in resolved and model.aspect_field != PORTABLE_ASPECT:
+        value = resolved.pop(PORTABLE_ASPECT)
+        if model.aspect_field is None:
+            b.warnings.append(
+                Problem(
+                    b.file,
+                    f"{model.slug} has no aspect ratio setting (the "
+                    f"output follows its reference media); aspect_ratio "
+                    f"ignored{_where(variant)}",
+                    shot=shot.id,
+                    field="input.aspect_ratio",
+                )
+            )
+        elif model.aspect_field in resolved and resolved[model.aspect_field] != value:
+            b.problems.append(
+                Problem(
+                    b.file,
+                    f"aspect_ratio {value!r} and "
+                    f"{model.aspect_field} {resolved[model.aspect_field]!r} "
+                    f"disagree{_where(variant)}",
+                    shot=shot.id,
+                    field="input.aspect_ratio",
+                )
+            )
+            return None
+        else:
+            resolved[model.aspect_field] = value
+    ok = True
+    for name, value in resolved.items():
+        # Only strings starting with "@" and containers can hold local files.
+        if isinstance(value, (dict, list)) or (isinstance(value, str) and value[:1] == "@"):
+            try:
+                resolved[name] = _resolve_media(b, model, value, (name,))
+            except _MediaAt as failure:
+                ok = False
+                b.problems.append(
+                    Problem(
+                        b.file,
+                        f"{failure.error}{_where(variant)}",
+                        shot=shot.id,
+                        field=_field(failure.path),
+                    )
+                )
+    return resolved if ok else None
+
+
+class _MediaAt(Exception):
+    def __init__(self, error: media.MediaError, path: tuple[str | int, ...]) -> None:
+        super().__init__(str(error))
+        self.error, self.path = error, path
+
+
+def _resolve_media(b: _Builder, model: Model, value: Any, path: tuple[str | int, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _resolve_media(b, model, v, (*path, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_media(b, model, v, (*path, i)) for i, v in enumerate(value)]
+    if isinstance(value, str) and value[:1] == "@":
+        kind = model.media_kind(path)
+        if kind is None:
+            return value  # "@" in a prompt or a non-media field is just text
+        try:
+            return media.resolve(value, b.loaded.path.parent, kind, b.files)
+        except media.MediaError as error:
+            raise _MediaAt(error, path) from None
+    return value
+
+
+def _check(
+    b: _Builder, model: Model, resolved: dict[str, Any], canonical: str
+) -> tuple[list[catalog.Issue], list[catalog.Issue], Estimate | None]:
+    cache_key = f"{model.slug} {canonical}"
+    if cache_key in b.checked:
+        return b.checked[cache_key]
+    seconds, upper_bound, probed = _seconds(b, model, resolved)
+    errors, warnings = catalog.validate(model, resolved, probed.duration if probed else None)
+    estimate = None
+    if not errors and seconds is not None:
+        estimate = b.prices.estimate(model, resolved, seconds, upper_bound)
+        if upper_bound:
+            why = f" ({probed.detail})" if probed and probed.detail else ""
+            warnings.append(
+                catalog.Issue(
+                    "input.video_url",
+                    (
+                        f"could not read the reference video's length{why}; priced at the longest "
+                        f"allowed ({seconds} s), an upper bound"
+                    ),
+                )
+            )
+    b.checked[cache_key] = (errors, warnings, estimate)
+    return errors, warnings, estimate
+
+
+def _seconds(
+    b: _Builder, model: Model, resolved: Mapping[str, Any]
+) -> tuple[Decimal | None, bool, ProbeResult | None]:
+    """The billed length: (seconds, is_upper_bound, what probing the reference found)."""
+    if model.duration_source == "input":
+        seconds = model.output_seconds(resolved)
+        return (Decimal(seconds) if seconds is not None else None), False, None
+    reference = resolved.get("video_url")
+    probed = b.probe(reference) if isinstance(reference, (str, media.LocalFile)) else None
+    if probed is not None and probed.duration is not None:
+        return probed.duration, False, probed
+    orientation = resolved.get("character_orientation", model.default("character_orientation"))
+    bounds = model.reference_video_seconds.get(str(orientation))
+    longest = max((hi for _, hi in model.reference_video_seconds.values()), default=30)
+    return Decimal(bounds[1] if bounds else longest), True, probed
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, media.LocalFile):
+        return value.canonical()
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, media.LocalFile):
+        return f"@{value.display}#sha256={value.sha256}"
+    if isinstance(value, Mapping):
+        return {k: _public(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def _materialize(value: Any) -> Any:
+    if isinstance(value, media.LocalFile):
+        return value.data_uri()
+    if isinstance(value, Mapping):
+        return {k: _materialize(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_materialize(v) for v in value]
+    return value
+
+
+def _field(path: Iterable[str | int]) -> str:
+    text = "input"
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, media.LocalFile):
+        return "@" + value.display
+    text = (
+        value
+        if isinstance(value, str)
+        else repr(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+    return text if len(text) <= 40 else text[:37] + "..."

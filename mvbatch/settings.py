@@ -1,0 +1,41 @@
+"""Settings from the environment (and a `.env` file), named as in the contract.
+
+The API key is a `SecretStr` so that printing or logging the settings object
+never shows it; call `api_key_value()` only where the header is built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BASE_URL = "https://api.mindvideo.ai/api/v1"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MINDVIDEO_API_KEY", "api_key")
+    )
+    base_url: str = Field(
+        default=DEFAULT_BASE_URL, validation_alias=AliasChoices("MINDVIDEO_BASE_URL", "base_url")
+    )
+    state_dir: Path = Field(
+        default=Path("state"), validation_alias=AliasChoices("MVBATCH_STATE_DIR", "state_dir")
+    )
+    output_dir: Path = Field(
+        default=Path("outputs"), validation_alias=AliasChoices("MVBATCH_OUTPUT_DIR", "output_dir")
+    )
+
+    def api_key_value(self) -> str | None:
+        if self.api_key is None:
+            return None
+        value = self.api_key.get_secret_value().strip()
+        return value or None
+
+
+def load_settings() -> Settings:
+    return Settings()
