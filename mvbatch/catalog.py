@@ -9,6 +9,7 @@ the file and the shot.
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 import tomllib
@@ -41,18 +42,32 @@ class Model:
     duration_source: str
     media: Mapping[str, str]
     reference_video_seconds: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    # Derived once from the schema, because planning asks for them per task.
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    closed: bool = False  # the schema forbids fields it does not list
 
-    @property
-    def properties(self) -> Mapping[str, Any]:
-        return self.schema.get("properties", {})  # type: ignore[no-any-return]
-
-    @property
-    def closed(self) -> bool:
-        """Whether the schema forbids fields it does not list."""
-        return self.schema.get("additionalProperties", True) is False
+    @classmethod
+    def build(cls, slug: str, schema: Mapping[str, Any], extra: Mapping[str, Any]) -> Model:
+        properties = schema.get("properties", {})
+        return cls(
+            slug=slug,
+            schema=schema,
+            aspect_field=extra.get("aspect_field"),
+            tier_fields=tuple(extra.get("tier_fields", ())),
+            duration_source=extra.get("duration", "input"),
+            media=dict(extra.get("media", {})),
+            reference_video_seconds={
+                k: (int(v[0]), int(v[1]))
+                for k, v in extra.get("reference_video_seconds", {}).items()
+            },
+            properties=properties,
+            defaults={k: v["default"] for k, v in properties.items() if "default" in v},
+            closed=schema.get("additionalProperties", True) is False,
+        )
 
     def default(self, name: str) -> Any:
-        return self.properties.get(name, {}).get("default")
+        return self.defaults.get(name)
 
     def media_kind(self, path: tuple[str | int, ...]) -> str | None:
         """The kind of media at an input path such as ("video_list", 0, "video_url")."""
@@ -60,12 +75,12 @@ class Model:
         return self.media.get(pattern)
 
     def tier(self, input: Mapping[str, Any]) -> dict[str, Any]:
-        return {name: input.get(name, self.default(name)) for name in self.tier_fields}
+        return {name: input.get(name, self.defaults.get(name)) for name in self.tier_fields}
 
     def output_seconds(self, input: Mapping[str, Any]) -> int | None:
         if self.duration_source != "input":
             return None
-        value = input.get("duration", self.default("duration"))
+        value = input.get("duration", self.defaults.get("duration"))
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
@@ -77,18 +92,7 @@ def models() -> dict[str, Model]:
     for slug, extra in config.items():
         schema = json.loads((root / "models" / f"{slug}.json").read_text(encoding="utf-8"))
         jsonschema.Draft202012Validator.check_schema(schema)
-        found[slug] = Model(
-            slug=slug,
-            schema=schema,
-            aspect_field=extra.get("aspect_field"),
-            tier_fields=tuple(extra.get("tier_fields", ())),
-            duration_source=extra.get("duration", "input"),
-            media=dict(extra.get("media", {})),
-            reference_video_seconds={
-                k: (int(v[0]), int(v[1]))
-                for k, v in extra.get("reference_video_seconds", {}).items()
-            },
-        )
+        found[slug] = Model.build(slug, schema, extra)
     return found
 
 
@@ -119,47 +123,83 @@ def _field_validator(slug: str, name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(models()[slug].properties[name])
 
 
-_field_verdicts: dict[tuple[str, str, str, str], tuple[Issue, ...]] = {}
+_field_verdicts: dict[tuple[Any, ...], tuple[Issue, ...]] = {}
 
 
-def _schema_issues(model: Model, view: Mapping[str, Any]) -> list[Issue]:
+def _schema_issues(model: Model, view: Mapping[str, Any]) -> tuple[list[Issue], list[Issue]]:
+    """(errors, warnings) of the JSON Schema, one field at a time where possible."""
     schema = model.schema
+    warnings: list[Issue] = []
     if not set(schema) <= _DECOMPOSABLE or schema.get("type") != "object":
-        return [Issue(_path(e), _describe(e)) for e in _validator(model.slug).iter_errors(view)]
-    issues: list[Issue] = []
+        whole = _validator(model.slug).iter_errors(view)
+        return [Issue(_path(e), _describe(e)) for e in whole], warnings
+    errors: list[Issue] = []
     for name in schema.get("required", ()):
         if name not in view:
-            issues.append(Issue(f"input.{name}", f"required field missing: {name}"))
+            errors.append(Issue(f"input.{name}", _missing(model, name)))
     properties = model.properties
     for name, value in view.items():
         if name not in properties:
-            if model.closed:
-                allowed = ", ".join(sorted(properties))
-                issues.append(
-                    Issue(f"input.{name}", f"unknown field; the model accepts: {allowed}")
-                )
+            _unknown_field(model, name, errors, warnings)
             continue
         # The type is part of the token: the string "5" and the integer 5 differ.
         token = (
             model.slug,
             name,
-            type(value).__name__,
-            value
-            if isinstance(value, str)
-            else repr(value)
-            if isinstance(value, (bool, int, float))
-            else json.dumps(value, sort_keys=True),
+            type(value),
+            value if isinstance(value, (str, int, float)) else json.dumps(value, sort_keys=True),
         )
         verdict = _field_verdicts.get(token)
         if verdict is None:
-            verdict = tuple(
-                Issue(_path(e, f"input.{name}"), _describe(e))
-                for e in _field_validator(model.slug, name).iter_errors(value)
-            )
+            verdict = _field_verdict(model, name, value)
             if len(_field_verdicts) < 200_000:  # bounded: a plan's distinct values
                 _field_verdicts[token] = verdict
-        issues.extend(verdict)
-    return issues
+        errors.extend(verdict)
+    return errors, warnings
+
+
+def _field_verdict(model: Model, name: str, value: Any) -> tuple[Issue, ...]:
+    found = list(_field_validator(model.slug, name).iter_errors(value))
+    # A value of the wrong type also fails its enum; saying so twice is noise.
+    if any(e.validator == "type" and not e.absolute_path for e in found):
+        found = [e for e in found if e.absolute_path or e.validator == "type"]
+    return tuple(Issue(_path(e, f"input.{name}"), _describe(e)) for e in found)
+
+
+def _missing(model: Model, name: str) -> str:
+    if name in model.defaults:
+        default = json.dumps(model.defaults[name], ensure_ascii=False)
+        return (
+            f"required field missing: {name} (the documentation lists {default} as its "
+            "default, but the API requires it to be sent: write it in the manifest)"
+        )
+    return f"required field missing: {name}"
+
+
+def _unknown_field(model: Model, name: str, errors: list[Issue], warnings: list[Issue]) -> None:
+    known = sorted(model.properties)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    if model.closed:
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        errors.append(
+            Issue(f"input.{name}", f"unknown field; {hint}the model accepts: {', '.join(known)}")
+        )
+    elif close:
+        # The schema does not forbid extra fields, but a near-miss of a
+        # documented one is almost surely a typo that would be paid for.
+        errors.append(
+            Issue(
+                f"input.{name}",
+                f"unknown field; did you mean '{close[0]}'? ({model.slug} does not document "
+                f"'{name}')",
+            )
+        )
+    else:
+        warnings.append(
+            Issue(
+                f"input.{name}", f"{model.slug} does not document this field; it is sent as written"
+            )
+        )
 
 
 def get(slug: str) -> Model | None:
@@ -175,16 +215,7 @@ def validate(
 ) -> tuple[list[Issue], list[Issue]]:
     """Check a resolved input; returns (errors, warnings), each located by field."""
     view = _as_sent(input) if _has_files(input) else input
-    errors = _schema_issues(model, view)
-    warnings: list[Issue] = []
-    if not model.closed:
-        for name in sorted(set(view) - set(model.properties)):
-            warnings.append(
-                Issue(
-                    f"input.{name}",
-                    f"{model.slug} does not document this field; it is sent as written",
-                )
-            )
+    errors, warnings = _schema_issues(model, view)
     errors.extend(_prose_rules(model, view, reference_seconds, warnings))
     return errors, warnings
 

@@ -23,10 +23,13 @@ from typing import Any
 KEY_VERSION = "mvb1"
 
 
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: Any) -> str:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _ENCODER.encode(value)
 
 
 def task_key(manifest: str, model: str, canonical_input: Any, take: int) -> str:

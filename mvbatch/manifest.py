@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from datetime import date, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
@@ -103,27 +104,12 @@ class Shot(_Strict):
     input: dict[str, Any] = Field(default_factory=dict)
     matrix: Matrix | None = None
 
-    @model_validator(mode="after")
-    def _prompt_once(self) -> Shot:
-        if self.prompt is not None and "prompt" in self.input:
-            raise ValueError("give the prompt either as `prompt` or as `input.prompt`, not both")
-        return self
-
 
 class Manifest(_Strict):
     name: Annotated[str, StringConstraints(pattern=NAME_PATTERN, max_length=64)]
     budget: Budget = Field(default_factory=Budget)
     defaults: Defaults = Field(default_factory=Defaults)
     shots: Annotated[list[Shot], Field(min_length=1)]
-
-    @model_validator(mode="after")
-    def _unique_ids(self) -> Manifest:
-        seen: set[str] = set()
-        for shot in self.shots:
-            if shot.id in seen:
-                raise ValueError(f"shot id '{shot.id}' is used twice; ids must be unique")
-            seen.add(shot.id)
-        return self
 
 
 class LoadedManifest(BaseModel):
@@ -167,7 +153,72 @@ def load(path: Path) -> LoadedManifest:
         manifest = Manifest.model_validate(data)
     except ValidationError as error:
         raise ManifestError(_problems(shown, data, error)) from None
+    problems = _consistency(shown, manifest)
+    if problems:
+        raise ManifestError(problems)
     return LoadedManifest(path=path, sha256=hashlib.sha256(raw).hexdigest(), manifest=manifest)
+
+
+def _consistency(file: str, manifest: Manifest) -> list[Problem]:
+    """Rules across keys, located at the key a person would edit."""
+    problems: list[Problem] = []
+    if manifest.defaults.prompt is not None and "prompt" in manifest.defaults.input:
+        problems.append(
+            Problem(
+                file,
+                "give the default prompt either as `prompt` or as `input.prompt`, not both",
+                field="defaults.input.prompt",
+            )
+        )
+    problems += _no_dates(file, None, "defaults.input", manifest.defaults.input)
+    first_index: dict[str, int] = {}
+    for index, shot in enumerate(manifest.shots):
+        if shot.id in first_index:
+            problems.append(
+                Problem(
+                    file,
+                    f"the id is used by shots #{first_index[shot.id] + 1} "
+                    f"and #{index + 1}; ids must be unique",
+                    shot=shot.id,
+                    field="id",
+                )
+            )
+        first_index.setdefault(shot.id, index)
+        if shot.prompt is not None and "prompt" in shot.input:
+            problems.append(
+                Problem(
+                    file,
+                    "give the prompt either as `prompt` or as `input.prompt`, not both",
+                    shot=shot.id,
+                    field="input.prompt",
+                )
+            )
+        problems += _no_dates(file, shot.id, "input", shot.input)
+        if shot.matrix is not None:
+            problems += _no_dates(file, shot.id, "matrix", shot.matrix.axes)
+            for group in ("include", "exclude"):
+                for i, entry in enumerate(getattr(shot.matrix, group)):
+                    problems += _no_dates(file, shot.id, f"matrix.{group}[{i}]", entry)
+    return problems
+
+
+def _no_dates(file: str, shot: str | None, where: str, value: Any) -> list[Problem]:
+    """TOML has dates and times; JSON, and so the API, does not."""
+    if isinstance(value, (date, time)):
+        return [
+            Problem(
+                file,
+                f"a TOML date/time ({value.isoformat()}) is not a valid input "
+                "value; write it in quotes if a string is meant",
+                shot=shot,
+                field=where,
+            )
+        ]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _no_dates(file, shot, f"{where}.{k}", v)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _no_dates(file, shot, f"{where}[{i}]", v)]
+    return []
 
 
 _AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
@@ -234,7 +285,7 @@ def _explain(item: Any) -> str:
                 f"expected lowercase letters, digits, '-' or '_', starting with a letter or "
                 f'digit (e.g. "launch-teaser"); got {got!r}'
             )
-        return f"contains characters that are not allowed; got {got!r}"
+        return f"must not contain '/', '\\' or control characters; got {got!r}"
     if kind in (
         "string_type",
         "int_type",
@@ -262,7 +313,7 @@ def _explain(item: Any) -> str:
             "less_than_equal": "at most",
             "less_than": "less than",
         }[kind]
-        return f"expected {words} {bound}; got {got!r}"
+        return f"expected {words} {bound}; got {_shown(got)}"
     if kind == "too_short" and item["loc"] == ("shots",):
         return "at least one [[shots]] entry is required"
     if kind == "string_too_short":
@@ -270,6 +321,10 @@ def _explain(item: Any) -> str:
     if kind == "value_error":
         return str(ctx.get("error", item["msg"]))
     return str(item["msg"])
+
+
+def _shown(value: Any) -> str:
+    return str(value) if isinstance(value, (Decimal, int, float)) else repr(value)
 
 
 def _toml_type(value: Any) -> str:

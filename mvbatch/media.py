@@ -82,12 +82,14 @@ def resolve(reference: str, base_dir: Path, kind: str, cache: dict[Path, LocalFi
     limit = DATA_URI_LIMITS.get(kind, DATA_URI_LIMITS["image"])
     if size > limit:
         raise MediaError(
-            f"local file {written!r} is {size / 1e6:.1f} MB; a {kind} sent as a data: URI "
+            f"local file {written!r} is {size / 1e6:.1f} MB; {_a(kind)} sent as a data: URI "
             f"may be at most {limit / 1e6:.0f} MB. Host it and give its https:// URL instead"
         )
     media_type = media_type_of(path)
     if kind in ("image", "video", "audio") and not media_type.startswith(kind + "/"):
-        raise MediaError(f"local file {written!r} looks like {media_type}, expected a {kind} file")
+        raise MediaError(
+            f"local file {written!r} looks like {media_type}, expected {_a(kind)} file"
+        )
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -97,3 +99,7 @@ def resolve(reference: str, base_dir: Path, kind: str, cache: dict[Path, LocalFi
     )
     cache[path] = file
     return file
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"

@@ -60,7 +60,7 @@ def is_plan_file(path: Path) -> bool:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle).get("format") == FORMAT
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
         return False
 
 

@@ -41,11 +41,13 @@ class Estimate:
 
 def price_class(model: Model, input: Mapping[str, Any]) -> str:
     """A stable name such as `kling-v2-6 {"audio":false,"mode":"std"}`."""
-    tier = model.tier(input)
-    token = (model.slug, *((type(v), v) for v in tier.values()))
+    defaults = model.defaults
+    values = tuple([input.get(n, defaults.get(n)) for n in model.tier_fields])
+    # Types are part of the token so that `true` and `1` never share a class.
+    token = (model.slug, values, tuple([type(v) for v in values]))
     name = _class_names.get(token)
     if name is None:
-        name = _class_names[token] = f"{model.slug} {canonical_json(tier)}"
+        name = _class_names[token] = f"{model.slug} {canonical_json(model.tier(input))}"
     return name
 
 

@@ -1,21 +1,38 @@
-"""The steps the commands share, wired to settings: plan a manifest, read ledger state.
+"""The steps the commands share, wired to settings: plan, run, read ledger state.
 
 Owns: choosing the price book (documented rates plus those the ledger has
-learned) and the reference-video probe for a plan. Keeps `cli.py` thin.
+learned) and the reference-video probe for a plan; preparing a run without a
+request (endpoint, plan, ledger, budget check), executing it with the
+downloader and the reports, and the `status` document. Keeps `cli.py` thin:
+nothing here prints.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from mvbatch import manifest, media, mp4, planfile
+from mvbatch.errors import MvbatchError, UsageError
+from mvbatch.ledger import Ledger, TaskRow
 from mvbatch.planner import Plan, ReferenceProbe, plan
 from mvbatch.pricing import PriceBook
 from mvbatch.settings import Settings
+
+if TYPE_CHECKING:
+    from mvbatch.endpoint import Endpoint
+    from mvbatch.executor import Executor, Preflight, RunResult
+    from mvbatch.report import ReportResult
 
 PROBE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
@@ -74,3 +91,284 @@ def ledger_states(the_plan: Plan, settings: Settings, env: str | None = None) ->
         [t.key for t in the_plan.tasks],
         env or default_env(settings),
     )
+
+
+# ------------------------------------------------------------------ run and status
+#
+# `run` is prepared without a single request (endpoint chosen, plan built,
+# ledger opened, budget checked), so that the CLI can show the plan, refuse
+# or ask, and only then `execute` it.
+
+SIM_SPEED_VARIABLE = "MVBATCH_SIM_SPEED"  # the built-in simulator's speed (demo and tests)
+
+
+@dataclass
+class PreparedRun:
+    settings: Settings
+    endpoint: Endpoint
+    plan: Plan
+    ledger: Ledger
+    check: Preflight
+    cap: Decimal | None
+    concurrency: int
+    retry_failed: bool
+    rows: dict[str, TaskRow] = field(default_factory=dict)
+
+    @property
+    def states(self) -> dict[str, str]:
+        return {key: row.plan_state for key, row in self.rows.items()}
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def prepare_run(
+    path: Path,
+    settings: Settings,
+    *,
+    simulate: bool | None,
+    max_cost: Decimal | None,
+    concurrency: int,
+    retry_failed: bool,
+) -> PreparedRun:
+    """Everything `run` needs before its first request; makes none."""
+    from mvbatch.endpoint import choose
+    from mvbatch.executor import MAX_CONCURRENCY, effective_cap, preflight
+
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise UsageError(
+            f"--concurrency must be between 1 and {MAX_CONCURRENCY}; got {concurrency}"
+        )
+    if max_cost is not None and max_cost <= 0:
+        raise UsageError(f"--max-cost must be a positive amount of US dollars; got {max_cost}")
+    speed = _sim_speed()
+    endpoint = choose(settings, simulate, sim_speed=speed)
+    the_plan = build_plan(path, settings, endpoint.env)
+    ledger = Ledger(settings.state_dir)
+    try:
+        rows = {r.key: r for r in ledger.tasks(endpoint.env, the_plan.name)}
+        planned = {t.key for t in the_plan.tasks}
+        cap = effective_cap(the_plan.max_usd, max_cost)
+        check = preflight(
+            the_plan,
+            {k: r for k, r in rows.items() if k in planned},
+            cap,
+            retry_failed,
+            [r for k, r in rows.items() if k not in planned],
+        )
+    except BaseException:
+        ledger.close()
+        raise
+    return PreparedRun(
+        settings, endpoint, the_plan, ledger, check, cap, concurrency, retry_failed, rows
+    )
+
+
+def _sim_speed() -> float:
+    text = os.environ.get(SIM_SPEED_VARIABLE, "").strip()
+    if not text:
+        return 1.0
+    try:
+        speed = float(text)
+    except ValueError:
+        raise UsageError(f"{SIM_SPEED_VARIABLE} must be a number; got {text!r}") from None
+    if speed < 0:
+        raise UsageError(f"{SIM_SPEED_VARIABLE} must be >= 0; got {text!r}")
+    return speed
+
+
+def planned_rows(the_plan: Plan) -> list[dict[str, Any]]:
+    """The plan's tasks as ledger rows (`Ledger.ensure_tasks`)."""
+    return [
+        {
+            "key": t.key,
+            "manifest": t.manifest,
+            "shot": t.shot,
+            "shots": list(t.shots),
+            "variant": dict(t.variant),
+            "take": t.take,
+            "model": t.model,
+            "input": t.public_input(),
+            "price_class": t.estimate.price_class,
+            "seconds": t.estimate.seconds,
+            "upper_bound": t.estimate.upper_bound,
+            "estimate_local": t.estimate.cost,
+            "estimate_source": t.estimate.source,
+        }
+        for t in the_plan.tasks
+    ]
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    result: RunResult
+    report: ReportResult | None
+
+
+class Stopper:
+    """SIGINT/SIGTERM while a run runs: the first stops it cleanly, the second exits now.
+
+    `on_first` and `on_second` let the CLI say what is happening. Exiting at
+    once is safe because every step is a committed transaction: intent
+    without a task id is re-sent under the same key by the next run.
+    """
+
+    def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
+        self.on_first, self.on_second = on_first, on_second
+        self.executor: Executor | None = None
+        self.count = 0
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._signalled)
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    def _signalled(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self.on_first()
+            if self.executor is not None:
+                self.executor.request_stop("interrupted")
+            return
+        self.on_second()
+        os._exit(130)
+
+
+async def execute(
+    prepared: PreparedRun,
+    *,
+    download: bool,
+    watch: Callable[[Executor], AbstractAsyncContextManager[Any]] | None = None,
+    stopper: Stopper | None = None,
+) -> RunOutcome:
+    """Run a prepared plan: the executor, then the downloads and the reports.
+
+    `watch(executor)` is the progress display's context (entered while the
+    executor runs). Raises what the executor raises (AuthError, ApiUnavailable).
+    """
+    from mvbatch import report
+    from mvbatch.client import ApiClient
+    from mvbatch.download import Downloader
+    from mvbatch.executor import Executor
+
+    endpoint, ledger, the_plan = prepared.endpoint, prepared.ledger, prepared.plan
+    loop = asyncio.get_running_loop()
+    if stopper is not None:
+        stopper.install(loop)
+    ledger.ensure_tasks(endpoint.env, planned_rows(the_plan))
+    run_id = ledger.start_run(
+        endpoint.env, the_plan.name, endpoint.base_url, prepared.cap, prepared.concurrency
+    )
+    outcome = "crashed"
+    api = ApiClient(endpoint.api_client(max_connections=prepared.concurrency + 8))
+    files = endpoint.files_client() if download else None
+    try:
+        downloader = None
+        if files is not None:
+            downloader = Downloader(
+                ledger, files, prepared.settings.output_dir, refresh=api.refresh_outputs
+            )
+        executor = Executor(
+            the_plan,
+            ledger,
+            api,
+            env=endpoint.env,
+            cap=prepared.cap,
+            run_id=run_id,
+            concurrency=prepared.concurrency,
+            retry_failed=prepared.retry_failed,
+            on_succeeded=downloader.on_succeeded if downloader else None,
+        )
+        if stopper is not None:
+            stopper.executor = executor
+        try:
+            if watch is not None:
+                async with watch(executor):
+                    result = await executor.run()
+            else:
+                result = await executor.run()
+        except MvbatchError as error:
+            outcome = f"error: {type(error).__name__}"
+            raise
+        outcome = _outcome(result)
+        written = None
+        if not result.interrupted:
+            written = await report.finish_run(
+                downloader, prepared.settings, ledger, the_plan, endpoint.env
+            )
+        return RunOutcome(result, written)
+    finally:
+        ledger.finish_run(run_id, outcome)
+        await api.aclose()
+        if files is not None:
+            await files.aclose()
+        if stopper is not None:
+            stopper.uninstall(loop)
+
+
+def _outcome(result: RunResult) -> str:
+    if result.interrupted:
+        return "interrupted"
+    if result.held:
+        return "budget"
+    if result.failed:
+        return "failed_tasks"
+    return "pending" if result.pending else "succeeded"
+
+
+def status_document(path: Path, settings: Settings) -> dict[str, Any]:
+    """`status`: counts, spend and what is left, from the ledger alone (no plan, no network)."""
+    from mvbatch.ledger import IN_FLIGHT, STATUSES
+
+    target = path
+    if path.suffix == ".toml" and planfile.is_plan_file(path):
+        target = planfile.read(path)[0]
+    loaded = manifest.load(target)
+    name = loaded.manifest.name
+    cap = loaded.manifest.budget.max_usd
+    rows: list[TaskRow] = []
+    run: dict[str, Any] | None = None
+    env = default_env(settings)
+    if (settings.state_dir / "ledger.sqlite").is_file():
+        with Ledger(settings.state_dir) as ledger:
+            run = ledger.last_run(name)
+            if run is not None:
+                env = str(run["env"])
+            rows = ledger.tasks(env, name)
+    counts = dict.fromkeys(STATUSES, 0)
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    states = dict.fromkeys(("new", "in_flight", "done", "failed"), 0)
+    for row in rows:
+        states[row.plan_state] += 1
+    actual = sum((r.cost_actual for r in rows if r.cost_actual is not None), Decimal(0))
+    committed = sum((r.committed for r in rows), Decimal(0))
+    unfinished = [r for r in rows if r.status in ("planned", *IN_FLIGHT)]
+    left_cost = sum(
+        (r.cost_estimate if r.cost_estimate is not None else r.estimate_local for r in unfinished),
+        Decimal(0),
+    )
+
+    def number(value: Decimal | None) -> float | None:
+        return None if value is None else float(value)
+
+    return {
+        "manifest": name,
+        "env": env,
+        "simulated": env == "sim",
+        "tasks": len(rows),
+        "counts": counts,
+        "states": states,
+        "spend": {"actual": number(actual), "committed": number(committed)},
+        "left": {"tasks": len(unfinished), "cost_estimate": number(left_cost)},
+        "max_usd": number(cap),
+        "budget_left": None if cap is None else number(cap - committed),
+        "last_run": None
+        if run is None
+        else {k: run[k] for k in ("id", "started_at", "finished_at", "outcome")},
+    }
