@@ -9,6 +9,7 @@ appears in any field, and blanks fields whose names say they hold secrets.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -23,6 +24,7 @@ _SECRET_FIELDS = frozenset(
     {"authorization", "api_key", "apikey", "token", "secret", "password", "bearer"}
 )
 _secrets: set[str] = set()
+_open_files: list[TextIO] = []
 
 
 def register_secret(value: str | None) -> None:
@@ -92,10 +94,12 @@ def configure(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
+    shutdown()
     handle = None
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handle = log_file.open("a", encoding="utf-8")
+        _open_files.append(handle)
     threshold = logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)
 
     def route(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
@@ -117,6 +121,15 @@ def configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=False,
     )
+
+
+def shutdown() -> None:
+    """Close the log file, if one is open (configure() does it before reopening)."""
+    while _open_files:
+        _open_files.pop().close()
+
+
+atexit.register(shutdown)
 
 
 def get(name: str = "mvbatch") -> Any:

@@ -1,0 +1,72 @@
+"""Logging: named events, JSON off a terminal, and no secret ever written."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from mvbatch import logs
+
+SECRET = "mv_live_s3cr3t_value_123"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    logs.shutdown()
+    structlog.reset_defaults()
+    logs._secrets.clear()
+
+
+def test_json_lines_off_a_terminal_and_secrets_redacted(tmp_path: Path) -> None:
+    logs.register_secret(SECRET)
+    stream = io.StringIO()
+    log_file = tmp_path / "logs" / "mvbatch.jsonl"
+    logs.configure("auto", "info", log_file=log_file, stream=stream)
+    log = logs.get()
+    log.info(
+        "task.submitted",
+        key="mvb1-abc",
+        authorization=f"Bearer {SECRET}",
+        url=f"https://api.example/?k={SECRET}",
+        nested={"api_key": "x", "ok": SECRET},
+    )
+    line = json.loads(stream.getvalue().strip())
+    assert line["event"] == "task.submitted"
+    assert line["key"] == "mvb1-abc"  # the idempotency key is not a secret
+    assert line["authorization"] == logs.REDACTED
+    assert SECRET not in stream.getvalue()
+    assert line["nested"] == {"api_key": logs.REDACTED, "ok": logs.REDACTED}
+    assert SECRET not in log_file.read_text()
+    assert json.loads(log_file.read_text())["event"] == "task.submitted"
+
+
+def test_console_level_filters_but_file_keeps_info(tmp_path: Path) -> None:
+    stream = io.StringIO()
+    log_file = tmp_path / "mvbatch.jsonl"
+    logs.configure("json", "warning", log_file=log_file, stream=stream)
+    logs.get().info("task.polled", polls=1)
+    logs.get().warning("budget.refused", over=0.5)
+    assert "task.polled" not in stream.getvalue()
+    assert "budget.refused" in stream.getvalue()
+    events = [json.loads(x)["event"] for x in log_file.read_text().splitlines()]
+    assert events == ["task.polled", "budget.refused"]
+
+
+def test_exceptions_in_fields_are_redacted() -> None:
+    logs.register_secret(SECRET)
+    stream = io.StringIO()
+    logs.configure("json", "info", stream=stream)
+    logs.get().error("api.failed", error=RuntimeError(f"401 for key {SECRET}"))
+    assert SECRET not in stream.getvalue()
+    assert "401 for key" in stream.getvalue()
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    logs.register_secret("abc")
+    assert logs.redact_text("abc def") == "abc def"
