@@ -138,9 +138,8 @@ def main() -> None:
     plan_s = statistics.median(p["seconds"] for p in plans)
     load_s = statistics.median(p["load_seconds"] for p in plans)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}")
-    print(
-        f"tasks planned:          {int(plans[0]['tasks']):,} (bare loop: {int(bares[0]['tasks']):,})"
-    )
+    planned, bare_count = int(plans[0]["tasks"]), int(bares[0]["tasks"])
+    print(f"tasks planned:          {planned:,} (bare loop: {bare_count:,})")
     print(f"load manifest:          {load_s:.2f} s (TOML + pydantic, median of {args.repeat})")
     print(f"plan (after loading):   {plan_s:.2f} s")
     print(f"load + plan:            {load_s + plan_s:.2f} s   (target < 3 s)")

@@ -64,17 +64,19 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
-class _Tee:
-    """Writes each rendered line to the console stream and, if set, a log file."""
+class _Console:
+    """Writes rendered lines to a given stream, or to whatever `sys.stderr` is now.
 
-    def __init__(self, console: TextIO | None, file: TextIO | None) -> None:
-        self.console, self.file = console, file
+    Looking stderr up at each write (instead of holding the object seen at
+    configuration) keeps logging working when a test runner swaps and closes
+    streams between commands.
+    """
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
 
     def msg(self, message: str) -> None:
-        if self.console is not None:
-            print(message, file=self.console, flush=True)
-        if self.file is not None:
-            print(message, file=self.file, flush=True)
+        print(message, file=self.stream or sys.stderr, flush=True)
 
     log = debug = info = warning = warn = error = critical = exception = msg
 
@@ -86,8 +88,8 @@ def configure(
     stream: TextIO | None = None,
 ) -> None:
     """Console output goes to stderr at `level`; the log file, if any, gets JSON at info."""
-    console = stream or sys.stderr
-    use_json = log_format == "json" or (log_format == "auto" and not console.isatty())
+    tty = (stream or sys.stderr).isatty()
+    use_json = log_format == "json" or (log_format == "auto" and not tty)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -113,11 +115,11 @@ def configure(
             raise structlog.DropEvent
         if use_json:
             return json_line
-        return structlog.dev.ConsoleRenderer(colors=console.isatty())(_logger, method, event)
+        return structlog.dev.ConsoleRenderer(colors=tty)(_logger, method, event)
 
     structlog.configure(
         processors=[*shared, route],
-        logger_factory=lambda *_: _Tee(console, None),
+        logger_factory=lambda *_: _Console(stream),
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=False,
     )

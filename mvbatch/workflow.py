@@ -252,7 +252,7 @@ async def execute(
     executor runs). Raises what the executor raises (AuthError, ApiUnavailable).
     """
     from mvbatch import report
-    from mvbatch.client import ApiClient
+    from mvbatch.client import ApiClient, pool_size
     from mvbatch.download import Downloader
     from mvbatch.executor import Executor
 
@@ -265,7 +265,7 @@ async def execute(
         endpoint.env, the_plan.name, endpoint.base_url, prepared.cap, prepared.concurrency
     )
     outcome = "crashed"
-    api = ApiClient(endpoint.api_client(max_connections=prepared.concurrency + 8))
+    api = ApiClient(endpoint.api_client(max_connections=pool_size(prepared.concurrency)))
     files = endpoint.files_client() if download else None
     try:
         downloader = None

@@ -1,0 +1,372 @@
+"""The API client: what it retries (and only that), how it waits, what it tolerates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.utils import format_datetime
+from typing import Any
+
+import httpx
+import pytest
+from run_helpers import InProcessSim
+
+from mvbatch.client import (
+    ApiClient,
+    ApiUnavailable,
+    RetryBudget,
+    RetryPolicy,
+    TaskRejected,
+    parse_retry_after,
+    parse_task,
+    server_message,
+)
+from mvbatch.errors import AuthError
+
+pytestmark = pytest.mark.anyio
+
+TASK = {
+    "request_id": "req_1",
+    "task_id": "task_1",
+    "status": "queued",
+    "cost_estimate": 0.0414,
+}
+DONE = {
+    **TASK,
+    "status": "succeeded",
+    "cost_actual": 0.0414,
+    "output": {"videos": [{"url": "https://cdn.example/a.mp4"}]},
+}
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client_for(handler: Handler, **policy: Any) -> tuple[ApiClient, list[float]]:
+    retry, waits = RetryPolicy.for_tests(**policy)
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="https://api.test/api/v1/"
+    )
+    return ApiClient(http, retry), waits
+
+
+def sequence(*responses: httpx.Response | Exception) -> tuple[Handler, list[httpx.Request]]:
+    """A handler answering with each response in turn (an exception is raised)."""
+    seen: list[httpx.Request] = []
+    queue = list(responses)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return handler, seen
+
+
+def ok(body: dict[str, Any] = TASK, **headers: str) -> httpx.Response:
+    return httpx.Response(200, json=body, headers=headers)
+
+
+async def test_submit_sends_the_documented_request_and_reads_the_documented_answer() -> None:
+    handler, seen = sequence(ok())
+    client, _ = client_for(handler)
+    state = await client.submit("kling-v2-6", {"prompt": "p", "mode": "std"}, "mvb1-abc")
+    request = seen[0]
+    assert request.method == "POST"
+    assert request.url.path == "/api/v1/tasks"
+    assert request.headers["Idempotency-Key"] == "mvb1-abc"
+    assert json.loads(request.content) == {
+        "model": "kling-v2-6",
+        "input": {"prompt": "p", "mode": "std"},
+    }
+    assert (state.task_id, state.request_id, state.status) == ("task_1", "req_1", "queued")
+    assert state.cost_estimate == Decimal("0.0414")  # exact: parsed as Decimal, not float
+    assert not state.terminal
+
+
+async def test_get_reads_outputs_and_actual_cost_and_ignores_the_rest() -> None:
+    body = {
+        **DONE,
+        "unexpected": {"nested": [1, 2]},
+        "output": {
+            "videos": [{"url": "https://cdn.example/a.mp4", "expires_at": "later"}, {"no": "url"}],
+            "thumbnails": [],
+        },
+    }
+    client, _ = client_for(lambda r: ok(body))
+    state = await client.get("task_1")
+    assert state.status == "succeeded"
+    assert state.terminal
+    assert state.urls == ("https://cdn.example/a.mp4",)
+    assert state.cost_actual == Decimal("0.0414")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ("SUCCEEDED", "succeeded"),
+        (" processing ", "processing"),
+        ("rendering", "processing"),
+        ("cancelled", "cancelled"),
+    ],
+)
+def test_status_is_normalised_and_an_unknown_one_is_not_terminal(raw: str, status: str) -> None:
+    assert parse_task({"task_id": "t", "status": raw}).status == status
+
+
+def test_server_times_give_the_true_latency_when_present() -> None:
+    state = parse_task(
+        {**DONE, "created_at": "2026-01-01T00:00:00.000Z", "updated_at": "2026-01-01T00:00:04.500Z"}
+    )
+    assert state.server_seconds == pytest.approx(4.5)
+    assert parse_task(DONE).server_seconds is None
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
+async def test_transient_statuses_are_retried(status: int) -> None:
+    handler, seen = sequence(httpx.Response(status, json={"error": {"message": "busy"}}), ok())
+    client, waits = client_for(handler)
+    state = await client.get("task_1")
+    assert state.task_id == "task_1"
+    assert len(seen) == 2
+    assert len(waits) == 1
+    assert client.counts["retry"] == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("refused"),
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ReadError("reset"),
+    ],
+)
+async def test_network_errors_are_retried_and_a_post_keeps_its_key(error: Exception) -> None:
+    handler, seen = sequence(error, ok())
+    client, _ = client_for(handler)
+    await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-same")
+    assert [r.headers["Idempotency-Key"] for r in seen] == ["mvb1-same", "mvb1-same"]
+    assert seen[0].content == seen[1].content
+
+
+async def test_a_garbled_2xx_body_is_retried() -> None:
+    handler, seen = sequence(httpx.Response(200, content=b'{"task_id": "tas'), ok())
+    client, _ = client_for(handler)
+    assert (await client.get("task_1")).task_id == "task_1"
+    assert len(seen) == 2
+
+
+async def test_retry_after_in_seconds_is_honoured() -> None:
+    handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "7"}), ok())
+    client, waits = client_for(handler)
+    await client.get("task_1")
+    assert 7 <= waits[0] <= 7.7  # the server's wait, plus at most 10% jitter
+
+
+async def test_retry_after_as_an_http_date_is_honoured() -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    handler, _ = sequence(httpx.Response(503, headers={"Retry-After": when}), ok())
+    client, waits = client_for(handler)
+    await client.get("task_1")
+    assert 25 <= waits[0] <= 33
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after("soon") is None
+    assert parse_retry_after(None) is None
+    assert (
+        parse_retry_after(
+            "Thu, 01 Jan 2026 00:01:00 GMT", now=datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+        )
+        == 60.0
+    )
+    assert (
+        parse_retry_after(
+            "Thu, 01 Jan 2026 00:00:00 GMT", now=datetime(2026, 1, 2, tzinfo=UTC).timestamp()
+        )
+        == 0.0
+    )
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    policy = RetryPolicy(base=0.5, cap=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        waits = [policy.backoff(attempt, None) for _ in range(200)]
+        assert all(0 <= w <= ceiling for w in waits)
+        assert max(waits) > ceiling / 2  # full jitter spreads over the whole range
+    assert 300 <= policy.backoff(1, 10_000) <= 301  # a huge Retry-After is cut to the cap
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (
+            400,
+            {"error": {"code": "invalid_json", "message": "The body is not JSON."}},
+            "The body is not JSON.",
+        ),
+        (404, {"message": "No such model."}, "No such model."),
+        (
+            422,
+            {
+                "error": {
+                    "message": "The input is invalid.",
+                    "details": [{"field": "input.duration", "message": "7 is not one of [5, 10]"}],
+                }
+            },
+            "The input is invalid.; input.duration: 7 is not one of [5, 10]",
+        ),
+        (
+            422,
+            {"detail": [{"loc": ["body", "input"], "msg": "field required"}]},
+            "body.input: field required",
+        ),
+        (413, {"detail": "Too large."}, "Too large."),
+        (400, {"error": "bad things"}, "bad things"),
+    ],
+)
+async def test_other_4xx_fail_at_once_with_the_servers_message(
+    status: int, body: dict[str, Any], message: str
+) -> None:
+    handler, seen = sequence(httpx.Response(status, json=body))
+    client, _ = client_for(handler)
+    with pytest.raises(TaskRejected) as caught:
+        await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
+    assert caught.value.status_code == status
+    assert caught.value.message == message
+    assert len(seen) == 1
+
+
+def test_a_plain_text_error_body_is_shown_as_text() -> None:
+    assert (
+        server_message(httpx.Response(400, text="<h1>Bad   request</h1>\n"))
+        == "<h1>Bad request</h1>"
+    )
+    assert server_message(httpx.Response(400)) == "Bad Request"
+
+
+async def test_409_says_the_key_was_reused_with_other_content_and_is_not_retried() -> None:
+    handler, seen = sequence(
+        httpx.Response(
+            409,
+            json={
+                "error": {
+                    "code": "idempotency_conflict",
+                    "message": "Key used with a different payload.",
+                }
+            },
+        )
+    )
+    client, _ = client_for(handler)
+    with pytest.raises(TaskRejected) as caught:
+        await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
+    assert caught.value.status_code == 409
+    assert "mvb1-k was already used with different content" in caught.value.message
+    assert "Key used with a different payload." in caught.value.message
+    assert "--retry-failed" in caught.value.message
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_and_403_stop_with_an_auth_error(status: int) -> None:
+    handler, seen = sequence(httpx.Response(status, json={"error": {"message": "bad key"}}))
+    client, _ = client_for(handler)
+    with pytest.raises(AuthError, match="bad key") as caught:
+        await client.get("task_1")
+    assert caught.value.exit_code == 4
+    assert len(seen) == 1
+
+
+async def test_attempts_run_out_on_a_failing_call() -> None:
+    handler, seen = sequence(httpx.Response(503))
+    client, waits = client_for(handler, attempts=4)
+    with pytest.raises(ApiUnavailable, match="failed 4 times"):
+        await client.get("task_1")
+    assert len(seen) == 4
+    assert len(waits) == 3
+
+
+async def test_the_retry_budget_stops_hammering_a_dead_api() -> None:
+    handler, seen = sequence(httpx.ConnectError("refused"))
+    client, _ = client_for(handler, attempts=100, budget=RetryBudget(reserve=10))
+
+    async def hammer() -> None:
+        for _ in range(20):
+            await client.get("task_1")
+
+    with pytest.raises(ApiUnavailable, match="retry budget"):
+        await hammer()
+    assert len(seen) == 11  # the first try and the 10 retries the reserve pays for
+
+
+async def test_the_retry_budget_refills_with_successes() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(503) if calls % 2 else ok()
+
+    client, _ = client_for(handler, budget=RetryBudget(reserve=3))
+    for _ in range(50):  # one failure per call, forever: sustainable
+        await client.get("task_1")
+
+
+async def test_a_429_tells_the_executor_to_throttle() -> None:
+    handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "0"}), ok())
+    client, _ = client_for(handler)
+    throttled: list[bool] = []
+    client.on_throttle = lambda: throttled.append(True)
+    await client.get("task_1")
+    assert throttled == [True]
+
+
+async def test_a_post_is_never_sent_without_an_idempotency_key() -> None:
+    client, _ = client_for(lambda r: ok())
+    with pytest.raises(ValueError, match="idempotency key"):
+        await client.submit("kling-v2-6", {"prompt": "p"}, "")
+
+
+async def test_a_replayed_post_is_flagged() -> None:
+    client, _ = client_for(lambda r: ok(TASK, **{"Idempotent-Replayed": "true"}))
+    assert (await client.submit("kling-v2-6", {"prompt": "p"}, "k")).replayed
+
+
+async def test_against_the_simulator_submit_poll_events_refresh() -> None:
+    sim = InProcessSim(speed=0)
+    async with sim.api() as client:
+        body = {"prompt": "A cinematic shot of a car", "size": "16:9", "duration": 5, "mode": "std"}
+        first = await client.submit("kling-v2-6", body, "mvb1-sim")
+        again = await client.submit("kling-v2-6", body, "mvb1-sim")
+        assert first.task_id == again.task_id
+        assert again.replayed
+        assert first.cost_estimate == Decimal("0.0414")
+        state = await client.get(first.task_id)
+        assert state.status == "succeeded"
+        assert state.urls
+        assert state.server_seconds is not None
+        events = await client.events(first.task_id)
+        assert [e["status"] for e in events][-1] == "succeeded"
+        assert (await client.refresh_outputs(first.task_id))[0].startswith("http://sim.test/")
+        with pytest.raises(TaskRejected) as caught:
+            await client.submit("kling-v2-6", {**body, "duration": 10}, "mvb1-sim")
+        assert caught.value.status_code == 409
+        with pytest.raises(TaskRejected, match=r"input\.duration"):
+            await client.submit("kling-v2-6", {**body, "duration": 7}, "mvb1-bad")
+    stats = await sim.stats()
+    assert stats["billing"]["by_idempotency_key"]["mvb1-sim"]["charges"] == 1
+    assert "mvb1-bad" not in stats["billing"]["by_idempotency_key"]
+
+
+async def test_a_wrong_key_against_the_simulator_is_an_auth_error() -> None:
+    sim = InProcessSim(speed=0)
+    async with sim.api(key="not-a-key") as client:
+        with pytest.raises(AuthError):
+            await client.get("task_x")

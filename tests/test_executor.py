@@ -1,0 +1,522 @@
+"""The executor against the in-process simulator and scripted APIs (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from run_helpers import (
+    InProcessSim,
+    charges_by_key,
+    planned,
+    prepare_ledger,
+    shots,
+    write_manifest,
+)
+from structlog.testing import capture_logs
+
+from mvbatch.client import ApiClient, RetryPolicy
+from mvbatch.errors import AuthError
+from mvbatch.executor import AdaptiveLimit, Executor, RunResult, effective_cap, preflight
+from mvbatch.keys import retry_key
+from mvbatch.ledger import Ledger, TaskRow
+from mvbatch.planner import Plan
+from mvbatch.polling import LatencyBook, latency_class
+
+pytestmark = pytest.mark.anyio
+
+PRO = {"mode": "pro", "duration": 5, "size": "16:9"}  # kling-v2-6 pro: no documented rate
+
+
+def plan_of(tmp_path: Path, count: int = 4, **shot: Any) -> Plan:
+    return planned(write_manifest(tmp_path, "t", shots(count, **shot)), tmp_path / "state")
+
+
+async def run(
+    tmp_path: Path, plan: Plan, api: ApiClient, **options: Any
+) -> tuple[RunResult, Ledger]:
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    async with api:
+        executor = Executor(plan, ledger, api, env="sim", cap=options.pop("cap", None), **options)
+        return await executor.run(), ledger
+
+
+def quick_book(plan: Plan, seconds: float = 0.05) -> LatencyBook:
+    """A latency history that makes tasks of the plan be polled within a fraction of a second."""
+    return LatencyBook(
+        {
+            latency_class(t.estimate.price_class, t.estimate.seconds): [seconds] * 10
+            for t in plan.tasks
+        }
+    )
+
+
+AsyncHandler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+def scripted(handler: AsyncHandler | Callable[[httpx.Request], httpx.Response]) -> ApiClient:
+    policy, _ = RetryPolicy.for_tests()
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
+        base_url="https://api.test/api/v1/",
+    )
+    return ApiClient(http, policy)
+
+
+def task_body(
+    task_id: str, status: str = "succeeded", cost: float = 0.0414, **extra: Any
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "request_id": "req_" + task_id,
+        "task_id": task_id,
+        "status": status,
+        "cost_estimate": cost,
+    }
+    if status == "succeeded":
+        body |= {"cost_actual": cost, "output": {"videos": [{"url": f"https://cdn/{task_id}"}]}}
+    return body | extra
+
+
+# ------------------------------------------------------------------ the happy path
+
+
+async def test_every_task_is_submitted_once_and_every_step_recorded(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 4)
+    sim = InProcessSim(speed=0)
+    result, ledger = await run(tmp_path, plan, sim.api())
+    assert result.counts == {"succeeded": 4}
+    assert result.failed == 0
+    assert not result.held
+    assert result.spent == Decimal("0.1656") == result.committed
+    assert charges_by_key(await sim.stats()) == {t.key: 1 for t in plan.tasks}
+    for task in plan.tasks:
+        row = ledger.task("sim", task.key)
+        assert row is not None
+        assert row.status == "succeeded"
+        assert row.task_id
+        assert row.cost_actual == Decimal("0.0414")
+        assert row.submit_key == task.key
+        assert [e["status"] for e in ledger.events("sim", task.key)] == ["submitting", "succeeded"]
+        assert len(ledger.outputs("sim", task.key)) == 1
+    # An instant task answered "succeeded" with its output at the POST: no GET needed.
+    assert result.requests.get("GET", 0) == 0
+
+
+async def test_tasks_that_take_time_are_polled_and_their_progress_recorded(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 3)
+    sim = InProcessSim(speed=40)
+    result, ledger = await run(tmp_path, plan, sim.api(), latencies=quick_book(plan))
+    assert result.counts == {"succeeded": 3}
+    for task in plan.tasks:
+        statuses = [e["status"] for e in ledger.events("sim", task.key)]
+        assert statuses[:2] == ["submitting", "queued"]
+        assert statuses[-1] == "succeeded"
+        row = ledger.task("sim", task.key)
+        assert row is not None
+        assert 1 <= row.polls <= 10
+    assert ledger.latencies("sim")  # learned for the next run
+    assert charges_by_key(await sim.stats()) == {t.key: 1 for t in plan.tasks}
+
+
+# ------------------------------------------------------------------ resuming
+
+
+async def test_intent_without_a_task_id_is_posted_again_under_the_same_key(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 3)
+    sim = InProcessSim(speed=0)
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    first = plan.tasks[0]
+    # A previous run recorded its intent, POSTed, and died before recording the answer.
+    ledger.record_intent(
+        "sim", first.key, previous="planned", submit_key=first.key, attempt=0, run_id=None
+    )
+    async with sim.api() as api:
+        payload = first.payload()
+        await api.submit(payload["model"], payload["input"], first.key)
+    ledger.close()
+    result, ledger = await run(tmp_path, plan, sim.api())
+    assert result.counts == {"succeeded": 3}
+    assert charges_by_key(await sim.stats()) == {t.key: 1 for t in plan.tasks}
+    row = ledger.task("sim", first.key)
+    assert row is not None
+    assert row.submissions == 2
+
+
+async def test_a_task_in_flight_is_polled_and_never_posted_again(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 2)
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    running = plan.tasks[0]
+    ledger.record_intent(
+        "sim", running.key, previous="planned", submit_key=running.key, attempt=0, run_id=None
+    )
+    ledger.record_submitted(
+        "sim",
+        running.key,
+        task_id="task_running",
+        request_id="r",
+        status="processing",
+        cost_estimate=Decimal("0.0414"),
+        run_id=None,
+    )
+    ledger.close()
+    posted: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posted.append(request.headers["Idempotency-Key"])
+            return httpx.Response(200, json=task_body("task_new"))
+        assert request.url.path == "/api/v1/tasks/task_running"
+        return httpx.Response(200, json=task_body("task_running"))
+
+    result, ledger = await run(tmp_path, plan, scripted(handler), latencies=quick_book(plan))
+    assert posted == [plan.tasks[1].key]
+    assert result.counts == {"succeeded": 2}
+    assert ledger.task("sim", running.key).task_id == "task_running"  # type: ignore[union-attr]
+
+
+async def test_a_task_the_api_no_longer_knows_is_failed_not_resubmitted(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 1)
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    key = plan.tasks[0].key
+    ledger.record_intent("sim", key, previous="planned", submit_key=key, attempt=0, run_id=None)
+    ledger.record_submitted(
+        "sim",
+        key,
+        task_id="task_gone",
+        request_id=None,
+        status="queued",
+        cost_estimate=Decimal("0.0414"),
+        run_id=None,
+    )
+    ledger.close()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.method == "GET"
+        return httpx.Response(404, json={"error": {"message": "No task 'task_gone'."}})
+
+    result, ledger = await run(tmp_path, plan, scripted(handler), latencies=quick_book(plan))
+    row = ledger.task("sim", key)
+    assert row is not None
+    assert row.status == "failed"
+    assert "no longer answers for task task_gone" in (row.error or "")
+    assert "No task 'task_gone'." in (row.error or "")
+    assert result.failed == 1
+
+
+# ------------------------------------------------------------------ failures
+
+
+async def test_a_failed_task_keeps_the_servers_message_and_events_and_is_not_resubmitted(
+    tmp_path: Path,
+) -> None:
+    plan = plan_of(tmp_path, 2)
+    sim = InProcessSim(speed=0, rates={"generation_failure": 1.0})
+    result, ledger = await run(tmp_path, plan, sim.api())
+    assert result.counts == {"failed": 2}
+    assert len(result.failures) == 2
+    for task in plan.tasks:
+        row = ledger.task("sim", task.key)
+        assert row is not None
+        assert row.status == "failed"
+        assert row.cost_actual == 0
+        assert row.error
+        assert "ended failed" not in row.error
+        assert (task.shot, task.key, row.error) in result.failures
+        assert row.server_events
+        assert row.server_events[-1]["status"] == "failed"
+    ledger.close()
+    # Run again: the failed tasks are not sent again (their key would only
+    # return the same failed task).
+    again, ledger = await run(tmp_path, plan, sim.api())
+    assert again.submitted == 0
+    assert again.requests == {}
+    assert again.failed == 2
+
+
+async def test_retry_failed_resubmits_under_a_new_derived_key(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 2)
+    sim = InProcessSim(speed=0, rates={"generation_failure": 1.0})
+    _, ledger = await run(tmp_path, plan, sim.api())
+    ledger.close()
+    await sim.post("/_sim/faults", {"generation_failure": 0.0})
+    result, ledger = await run(tmp_path, plan, sim.api(), retry_failed=True)
+    assert result.counts == {"succeeded": 2}
+    charges = charges_by_key(await sim.stats())
+    for task in plan.tasks:
+        row = ledger.task("sim", task.key)
+        assert row is not None
+        assert row.attempt == 1
+        assert row.submit_key == retry_key(task.key, 1) != task.key
+        assert charges[task.key] == 1
+        assert charges[row.submit_key] == 1
+        assert [e["status"] for e in ledger.events("sim", task.key)] == [
+            "submitting",
+            "failed",
+            "submitting",
+            "succeeded",
+        ]
+
+
+async def test_a_rejected_request_keeps_the_servers_message_and_is_not_retried(
+    tmp_path: Path,
+) -> None:
+    plan = plan_of(tmp_path, 1)
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return httpx.Response(
+            422,
+            json={
+                "error": {
+                    "message": "The input is invalid.",
+                    "details": [{"field": "input.prompt", "message": "too long"}],
+                }
+            },
+        )
+
+    result, ledger = await run(tmp_path, plan, scripted(handler))
+    row = ledger.task("sim", plan.tasks[0].key)
+    assert row is not None
+    assert row.status == "rejected"
+    assert row.error == "The input is invalid.; input.prompt: too long"
+    assert calls == 1
+    assert result.failed == 1
+    assert result.committed == 0
+
+
+async def test_a_key_reused_with_other_content_fails_with_a_409_explained(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 1)
+    sim = InProcessSim(speed=0)
+    key = plan.tasks[0].key
+    async with sim.api() as api:  # someone used our key for something else
+        await api.submit("kling-v2-6", {"prompt": "something else"}, key)
+    _, ledger = await run(tmp_path, plan, sim.api())
+    row = ledger.task("sim", key)
+    assert row is not None
+    assert row.status == "rejected"
+    assert "already used with different content" in (row.error or "")
+    assert charges_by_key(await sim.stats()) == {key: 1}  # only the other request
+
+
+async def test_an_auth_error_stops_the_run_and_keeps_the_intent(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 3)
+    sim = InProcessSim(speed=0)
+    with pytest.raises(AuthError):
+        await run(tmp_path, plan, sim.api(key="bad-key"))
+    with Ledger(tmp_path / "state") as ledger:
+        statuses = sorted(r.status for r in ledger.tasks("sim", "t"))
+    assert statuses.count("planned") >= 1
+    assert "succeeded" not in statuses
+    assert (await sim.stats())["billing"]["charges"] == 0
+
+
+# ------------------------------------------------------------------ order and concurrency
+
+
+async def test_the_first_post_of_each_price_class_goes_alone(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, "t", [*shots(4, "std"), *shots(4, "pro", input=PRO)])
+    plan = planned(path, tmp_path / "state")
+    events: list[tuple[str, str, str]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        mode = body["input"]["mode"]
+        key = request.headers["Idempotency-Key"]
+        events.append(("start", mode, key))
+        await asyncio.sleep(0.01)
+        events.append(("end", mode, key))
+        cost = 0.0414 if mode == "std" else 0.058
+        return httpx.Response(200, json=task_body("task_" + key[-6:], cost=cost))
+
+    result, ledger = await run(tmp_path, plan, scripted(handler), concurrency=8)
+    assert result.counts == {"succeeded": 8}
+    for mode in ("std", "pro"):
+        mine = [(kind, key) for kind, m, key in events if m == mode]
+        first_key = mine[0][1]
+        assert mine[1] == ("end", first_key)  # nothing else of the class before it answered
+    # The assumed pro rate was replaced by the one the server taught.
+    assert ledger.rates("sim") == {'kling-v2-6 {"audio":false,"mode":"pro"}': Decimal("0.0116")}
+
+
+async def test_no_more_tasks_in_flight_than_the_concurrency(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 12)
+    in_flight = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        return httpx.Response(200, json=task_body("task_x"))
+
+    result, _ = await run(tmp_path, plan, scripted(handler), concurrency=3)
+    assert result.counts == {"succeeded": 12}
+    assert peak == 3
+
+
+def test_adaptive_limit_halves_on_429_and_recovers_one_step_at_a_time() -> None:
+    now = [0.0]
+    limit = AdaptiveLimit(16, clock=lambda: now[0])
+    assert limit.throttled()
+    assert limit.limit == 8
+    assert not limit.throttled()
+    assert limit.limit == 8
+    now[0] += 5
+    assert limit.throttled()
+    assert limit.limit == 4
+    grown = [limit.succeeded() for _ in range(4)]
+    assert grown == [False, False, False, True]
+    assert limit.limit == 5
+    for _ in range(200):
+        limit.succeeded()
+    assert limit.limit == 16
+
+
+async def test_a_429_lowers_the_concurrency(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 6)
+    limited = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if limited and request.method == "POST":
+            limited.clear()
+            return httpx.Response(429, headers={"Retry-After": "1"})
+        return httpx.Response(
+            200, json=task_body("task_" + request.headers["Idempotency-Key"][-6:])
+        )
+
+    with capture_logs() as logs:
+        result, _ = await run(tmp_path, plan, scripted(handler), concurrency=8)
+    assert result.counts == {"succeeded": 6}
+    reduced = [e for e in logs if e["event"] == "concurrency.reduced"]
+    assert reduced
+    assert reduced[0]["limit"] == 4
+
+
+# ------------------------------------------------------------------ budget
+
+
+async def test_no_submission_takes_committed_spend_over_the_cap(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 6)
+    sim = InProcessSim(speed=0)
+    cap = Decimal("0.1")  # room for two tasks of 0.0414
+    result, ledger = await run(tmp_path, plan, sim.api(), cap=cap, concurrency=4)
+    assert result.counts == {"succeeded": 2, "planned": 4}
+    assert result.held == 4
+    assert result.committed <= cap
+    stats = await sim.stats()
+    assert Decimal(str(stats["billing"]["net"])) <= cap
+    assert sum(1 for r in ledger.tasks("sim", "t") if r.status == "planned") == 4
+
+
+async def test_an_undocumented_rate_is_learned_and_used_by_the_next_plan(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 3, input=PRO)
+    assert {t.estimate.source for t in plan.tasks} == {"assumed"}
+    sim = InProcessSim(speed=0)
+    result, ledger = await run(tmp_path, plan, sim.api(), concurrency=3)
+    assert result.counts == {"succeeded": 3}
+    ledger.close()
+    again = plan_of(tmp_path, 3, input=PRO)
+    assert {t.estimate.source for t in again.tasks} == {"learned"}
+    assert {t.estimate.cost for t in again.tasks} == {Decimal("0.058")}
+
+
+# ------------------------------------------------------------------ hooks and stopping
+
+
+async def test_the_success_hook_sees_each_row_and_its_errors_are_not_fatal(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 3)
+    sim = InProcessSim(speed=0)
+    seen: list[TaskRow] = []
+
+    async def hook(row: TaskRow) -> None:
+        seen.append(row)
+        if len(seen) == 2:
+            raise OSError("disk full")
+
+    with capture_logs() as logs:
+        result, _ = await run(tmp_path, plan, sim.api(), on_succeeded=hook)
+    assert result.counts == {"succeeded": 3}
+    assert sorted(r.key for r in seen) == sorted(t.key for t in plan.tasks)
+    assert all(r.status == "succeeded" and r.task_id for r in seen)
+    assert [e["error"] for e in logs if e["event"] == "task.hook_failed"] == ["OSError: disk full"]
+
+
+async def test_stopping_submits_nothing_more_and_keeps_what_was_sent(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 5)
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    executor: Executor | None = None
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert executor is not None
+        executor.request_stop()  # Ctrl-C while the first POST is on the wire
+        return httpx.Response(200, json=task_body("task_1", status="queued"))
+
+    async with scripted(handler) as api:
+        executor = Executor(plan, ledger, api, env="sim", cap=None, concurrency=1)
+        result = await executor.run()
+    assert result.interrupted
+    assert result.submitted == 1
+    statuses = [r.status for r in ledger.tasks("sim", "t")]
+    assert statuses == ["queued", "planned", "planned", "planned", "planned"]
+
+
+# ------------------------------------------------------------------ preflight
+
+
+def test_preflight_counts_what_a_run_will_do(tmp_path: Path) -> None:
+    path = write_manifest(tmp_path, "t", [*shots(4), *shots(2, "pro", input=PRO)])
+    plan = planned(path, tmp_path / "state")
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    keys = [t.key for t in plan.tasks]
+    ledger.record_intent(
+        "sim", keys[0], previous="planned", submit_key=keys[0], attempt=0, run_id=None
+    )
+    ledger.record_intent(
+        "sim", keys[1], previous="planned", submit_key=keys[1], attempt=0, run_id=None
+    )
+    ledger.record_finished(
+        "sim",
+        keys[1],
+        previous="submitting",
+        status="failed",
+        cost_estimate=Decimal("0.0414"),
+        cost_actual=Decimal(0),
+        error="x",
+        urls=[],
+        polls=1,
+        latency=None,
+        run_id=None,
+        task_id="t1",
+    )
+    rows = {r.key: r for r in ledger.tasks("sim", "t")}
+    check = preflight(plan, rows, Decimal(1))
+    assert (check.new, check.resume, check.failed, check.retry) == (4, 1, 1, 0)
+    assert check.committed == Decimal("0.0414")  # the unanswered POST, at our estimate
+    assert check.new_cost == Decimal("0.0828") + 2 * Decimal("0.069")
+    assert check.assumed_classes == ('kling-v2-6 {"audio":false,"mode":"pro"}',)
+    # Certain: committed + the two documented new tasks + ONE task of the assumed class.
+    assert check.floor == Decimal("0.0414") + Decimal("0.0828") + Decimal("0.069")
+    retrying = preflight(plan, rows, Decimal(1), retry_failed=True)
+    assert (retrying.retry, retrying.retry_cost, retrying.failed) == (1, Decimal("0.0414"), 0)
+    assert not check.over_cap
+    assert not check.uncertain
+    tight = preflight(plan, rows, Decimal("0.2"))
+    assert tight.uncertain
+    assert not tight.over_cap
+    assert preflight(plan, rows, Decimal("0.1")).over_cap
+
+
+def test_the_lowest_cap_wins() -> None:
+    assert effective_cap(Decimal(5), Decimal(3)) == Decimal(3)
+    assert effective_cap(None, Decimal(3)) == Decimal(3)
+    assert effective_cap(Decimal(5), None) == Decimal(5)
+    assert effective_cap(None, None) is None

@@ -1,0 +1,319 @@
+"""The ledger: every step in one transaction, every transition in an append-only log."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mvbatch import ledger as ledger_module
+from mvbatch.ledger import Ledger, committed_cost
+
+ENV = "sim"
+
+
+def row(key: str = "mvb1-a", **extra: Any) -> dict[str, Any]:
+    return {
+        "key": key,
+        "manifest": "demo",
+        "shot": "car",
+        "shots": ["car"],
+        "variant": {"mode": "std"},
+        "take": 1,
+        "model": "kling-v2-6",
+        "input": {"prompt": "p", "mode": "std"},
+        "price_class": 'kling-v2-6 {"audio":false,"mode":"std"}',
+        "seconds": Decimal(5),
+        "estimate_local": Decimal("0.0414"),
+        "estimate_source": "documented",
+        **extra,
+    }
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    opened = Ledger(tmp_path / "state")
+    opened.ensure_tasks(ENV, [row()])
+    return opened
+
+
+def test_a_task_walks_its_lifecycle_and_every_step_is_an_event(ledger: Ledger) -> None:
+    assert ledger.task(ENV, "mvb1-a").status == "planned"  # type: ignore[union-attr]
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    intent = ledger.task(ENV, "mvb1-a")
+    assert intent is not None
+    assert intent.status == "submitting"
+    assert intent.task_id is None
+    assert intent.submissions == 1
+    ledger.record_submitted(
+        ENV,
+        "mvb1-a",
+        task_id="task_1",
+        request_id="req_1",
+        status="queued",
+        cost_estimate=Decimal("0.0414"),
+        run_id=None,
+    )
+    ledger.record_progress(
+        ENV, "mvb1-a", previous="queued", status="processing", polls=1, run_id=None
+    )
+    ledger.record_finished(
+        ENV,
+        "mvb1-a",
+        previous="processing",
+        status="succeeded",
+        cost_estimate=Decimal("0.0414"),
+        cost_actual=Decimal("0.0414"),
+        error=None,
+        urls=["https://cdn/a.mp4", "https://cdn/b.mp4"],
+        polls=3,
+        latency=("c 5s", 4.2),
+        run_id=None,
+    )
+    done = ledger.task(ENV, "mvb1-a")
+    assert done is not None
+    assert (done.status, done.task_id, done.request_id, done.polls) == (
+        "succeeded",
+        "task_1",
+        "req_1",
+        3,
+    )
+    assert done.cost_actual == Decimal("0.0414")
+    assert done.plan_state == "done"
+    assert done.submitted_at
+    assert done.started_at
+    assert done.finished_at
+    assert [(e["previous"], e["status"]) for e in ledger.events(ENV, "mvb1-a")] == [
+        ("planned", "submitting"),
+        ("submitting", "queued"),
+        ("queued", "processing"),
+        ("processing", "succeeded"),
+    ]
+    assert [o.url for o in ledger.outputs(ENV, "mvb1-a")] == [
+        "https://cdn/a.mp4",
+        "https://cdn/b.mp4",
+    ]
+    assert ledger.latencies(ENV) == {"c 5s": [4.2]}
+
+
+def test_the_event_log_is_append_only(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger.db.execute("UPDATE events SET status = 'succeeded'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger.db.execute("DELETE FROM events")
+
+
+def test_ensure_tasks_never_touches_a_known_task(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.ensure_tasks(ENV, [row(shot="renamed"), row("mvb1-b")])
+    assert ledger.task(ENV, "mvb1-a").status == "submitting"  # type: ignore[union-attr]
+    assert ledger.task(ENV, "mvb1-a").shot == "car"  # type: ignore[union-attr]
+    assert [t.key for t in ledger.tasks(ENV, "demo")] == ["mvb1-a", "mvb1-b"]
+    assert ledger.tasks("live", "demo") == []  # simulated and live never mix
+
+
+def test_a_retry_is_a_new_attempt_with_a_new_key_and_a_clean_row(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.record_submitted(
+        ENV,
+        "mvb1-a",
+        task_id="task_1",
+        request_id=None,
+        status="queued",
+        cost_estimate=Decimal("0.0414"),
+        run_id=None,
+    )
+    ledger.record_finished(
+        ENV,
+        "mvb1-a",
+        previous="queued",
+        status="failed",
+        cost_estimate=None,
+        cost_actual=Decimal(0),
+        error="moderation",
+        urls=[],
+        polls=2,
+        latency=None,
+        run_id=None,
+    )
+    ledger.record_server_events(ENV, "mvb1-a", [{"type": "task.failed"}])
+    failed = ledger.task(ENV, "mvb1-a")
+    assert failed is not None
+    assert failed.server_events == [{"type": "task.failed"}]
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="failed", submit_key="mvb1-retry", attempt=1, run_id=None
+    )
+    retried = ledger.task(ENV, "mvb1-a")
+    assert retried is not None
+    assert (retried.status, retried.attempt, retried.submit_key) == ("submitting", 1, "mvb1-retry")
+    assert retried.task_id is None
+    assert retried.error is None
+    assert retried.cost_actual is None
+    assert retried.submissions == 2
+    assert [e["status"] for e in ledger.events(ENV, "mvb1-a")] == [
+        "submitting",
+        "queued",
+        "failed",
+        "submitting",
+    ]
+
+
+def test_a_rejected_task_costs_nothing_and_keeps_the_servers_message(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.record_rejected(
+        ENV, "mvb1-a", error="input.duration: 7 is not one of [5, 10]", http_status=422, run_id=None
+    )
+    rejected = ledger.task(ENV, "mvb1-a")
+    assert rejected is not None
+    assert rejected.status == "rejected"
+    assert rejected.plan_state == "failed"
+    assert rejected.committed == 0
+    assert "input.duration" in (rejected.error or "")
+
+
+@pytest.mark.parametrize(
+    ("status", "local", "server", "actual", "expected"),
+    [
+        ("planned", "1", None, None, "0"),
+        ("submitting", "1", None, None, "1"),  # the POST may have reached the server
+        ("queued", "1", "0.9", None, "0.9"),  # the server's estimate wins over ours
+        ("succeeded", "1", "0.9", "0.8", "0.8"),  # and the actual cost over both
+        ("failed", "1", "0.9", "0", "0"),  # refunded
+        ("failed", "1", "0.9", None, "0.9"),  # not known to be refunded
+        ("failed", "1", None, None, "0"),
+        ("rejected", "1", None, None, "0"),
+    ],
+)
+def test_committed_cost(
+    status: str, local: str, server: str | None, actual: str | None, expected: str
+) -> None:
+    assert committed_cost(
+        status,
+        Decimal(local),
+        None if server is None else Decimal(server),
+        None if actual is None else Decimal(actual),
+    ) == Decimal(expected)
+
+
+def test_outputs_urls_and_downloads(ledger: Ledger) -> None:
+    ledger.record_output_url(ENV, "mvb1-a", 0, "https://cdn/old.mp4")
+    ledger.record_output_url(ENV, "mvb1-a", 0, "https://cdn/fresh.mp4")
+    ledger.record_download(ENV, "mvb1-a", 0, "videos/a.mp4", "ab" * 32, 1234)
+    [output] = ledger.outputs(ENV, "mvb1-a")
+    assert (output.url, output.path, output.bytes) == (
+        "https://cdn/fresh.mp4",
+        "videos/a.mp4",
+        1234,
+    )
+    assert output.downloaded_at is not None
+
+
+def test_undownloaded_lists_succeeded_tasks_with_missing_files(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.record_finished(
+        ENV,
+        "mvb1-a",
+        previous="submitting",
+        status="succeeded",
+        cost_estimate=None,
+        cost_actual=Decimal("0.0414"),
+        error=None,
+        urls=["https://cdn/a.mp4"],
+        polls=0,
+        latency=None,
+        run_id=None,
+        task_id="task_1",
+    )
+    assert ledger.undownloaded(ENV, "demo") == {"mvb1-a"}
+    ledger.record_download(ENV, "mvb1-a", 0, "videos/a.mp4", "ab" * 32, 10)
+    assert ledger.undownloaded(ENV, "demo") == set()
+
+
+def test_learned_rates_and_latencies_persist(tmp_path: Path) -> None:
+    with Ledger(tmp_path) as ledger:
+        ledger.learn_rate(ENV, "kling-v2-6 pro", Decimal("0.0116"))
+        ledger.learn_rate(ENV, "kling-v2-6 pro", Decimal("0.0117"))
+        for seconds in (3.0, 4.0, 5.0):
+            ledger.db.execute(
+                "INSERT INTO latencies (env, latency_class, seconds, observed_at) "
+                "VALUES (?, ?, ?, ?)",
+                [ENV, "c", seconds, "now"],
+            )
+    assert ledger_module.learned_rates(tmp_path, ENV) == {"kling-v2-6 pro": Decimal("0.0117")}
+    assert ledger_module.learned_rates(tmp_path, "live") == {}
+    with Ledger(tmp_path) as ledger:
+        assert sorted(ledger.latencies(ENV)["c"]) == [3.0, 4.0, 5.0]
+        assert ledger.latencies(ENV, limit_per_class=2)["c"] == [5.0, 4.0]  # newest first
+
+
+def test_runs_are_recorded(ledger: Ledger) -> None:
+    run_id = ledger.start_run(ENV, "demo", "http://sim/api/v1", Decimal(2), 16)
+    assert ledger.was_simulated("demo") is True
+    ledger.finish_run(run_id, "succeeded")
+    last = ledger.last_run("demo")
+    assert last is not None
+    assert last["outcome"] == "succeeded"
+    assert last["max_usd"] == "2"
+
+
+def test_pragmas_wal_and_busy_timeout(ledger: Ledger) -> None:
+    assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert ledger.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    assert ledger.integrity_check() == "ok"
+
+
+def test_write_transactions_start_immediate_so_two_writers_wait_not_fail(tmp_path: Path) -> None:
+    first = Ledger(tmp_path)
+    first.ensure_tasks(ENV, [row()])
+    second = Ledger(tmp_path)
+    order: list[str] = []
+    with first.transaction():
+        # The write lock is taken at BEGIN: a second writer waits for it.
+        thread = threading.Thread(
+            target=lambda: (
+                second.record_intent(
+                    ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+                ),
+                order.append("second"),
+            )
+        )
+        thread.start()
+        time.sleep(0.2)
+        order.append("first")
+    thread.join(timeout=10)
+    assert order == ["first", "second"]
+    assert first.task(ENV, "mvb1-a").status == "submitting"  # type: ignore[union-attr]
+
+
+def test_a_failed_step_leaves_nothing_behind(ledger: Ledger) -> None:
+    def half_done() -> None:
+        with ledger.transaction() as db:
+            db.execute("UPDATE tasks SET status = 'succeeded'")
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        half_done()
+    assert ledger.task(ENV, "mvb1-a").status == "planned"  # type: ignore[union-attr]
+
+
+def test_plan_states_read_without_a_ledger_file(tmp_path: Path) -> None:
+    assert ledger_module.plan_states(tmp_path / "none", "demo", ["k"], ENV) == {}
+    assert not (tmp_path / "none").exists()
