@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from mvbatch import logs
 from mvbatch.errors import MvbatchError
@@ -38,6 +39,8 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The console logging chosen by the global options; `run` adds its log file.
+_LOGGING: dict[str, str] = {"format": "auto", "level": "warning"}
 
 
 def _settings() -> Settings:
@@ -58,7 +61,7 @@ def _edge(command: F) -> F:
             return command(*args, **kwargs)
         except MvbatchError as error:
             err.print(
-                f"[bold red]error:[/] {logs.redact_text(error.message)}",
+                f"[bold red]error:[/] {escape(logs.redact_text(error.message))}",
                 highlight=False,
                 markup=True,
             )
@@ -101,6 +104,7 @@ def _options(
 ) -> None:
     if log_format not in ("auto", "console", "json"):
         raise typer.BadParameter("expected auto, console or json", param_hint="--log-format")
+    _LOGGING.update(format=log_format, level="info" if verbose else "warning")
     logs.configure(log_format, "info" if verbose else "warning")  # type: ignore[arg-type]
 
 
@@ -129,6 +133,230 @@ def plan(
     if out_file is not None:
         planfile.write(the_plan, out_file)
         (err if as_json else out).print(f"plan written to {out_file}")
+
+
+# ------------------------------------------------------------------ run and status
+#
+# `run` prepares everything without a request (endpoint, plan, ledger, budget),
+# shows it, refuses or asks, then executes with a progress display. The
+# executor itself never prints: it is watched through `progress.Display`.
+
+
+@app.command()
+@_edge
+def run(  # options are keyword-only: Typer passes them by name
+    manifest: Annotated[Path, typer.Argument(help="The TOML manifest, or a reviewed PLAN.toml.")],
+    *,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask before spending money (live runs).")
+    ] = False,
+    max_cost: Annotated[
+        str | None,
+        typer.Option(
+            "--max-cost",
+            metavar="USD",
+            help="Cap on this manifest's spend; the lower of this and the manifest's max_usd wins.",
+        ),
+    ] = None,
+    simulate: Annotated[
+        bool, typer.Option("--simulate", help="Use the built-in simulator, even with a key.")
+    ] = False,
+    live: Annotated[
+        bool, typer.Option("--live", help="Use the real API; refuses without MINDVIDEO_API_KEY.")
+    ] = False,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            "--concurrency",
+            "-c",
+            help="Most tasks in flight at once; lowered automatically when the API says 429.",
+        ),
+    ] = 16,
+    no_download: Annotated[
+        bool, typer.Option("--no-download", help="Do not download the videos now.")
+    ] = False,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", help="Submit failed tasks again under new keys (charged again)."
+        ),
+    ] = False,
+) -> None:
+    """Execute a plan: submit each task once, follow it to the end, download the videos.
+
+    Re-running the same command resumes: finished tasks are skipped, tasks in
+    flight are followed, nothing is charged twice.
+    """
+    _run_command(
+        manifest,
+        yes=yes,
+        max_cost=max_cost,
+        simulate=simulate,
+        live=live,
+        concurrency=concurrency,
+        download=not no_download,
+        retry_failed=retry_failed,
+    )
+
+
+def _run_command(
+    manifest: Path,
+    *,
+    yes: bool,
+    max_cost: str | None,
+    simulate: bool,
+    live: bool,
+    concurrency: int,
+    download: bool,
+    retry_failed: bool,
+) -> None:
+    import asyncio
+    import shlex
+
+    from mvbatch import progress, render, workflow
+    from mvbatch.errors import BudgetError, UsageError
+    from mvbatch.executor import check_budget
+
+    if simulate and live:
+        raise UsageError("--simulate and --live exclude each other")
+    settings = _settings()
+    logs.configure(
+        _LOGGING["format"],  # type: ignore[arg-type]
+        _LOGGING["level"],
+        log_file=settings.state_dir / "logs" / "mvbatch.jsonl",
+    )
+    prepared = workflow.prepare_run(
+        manifest,
+        settings,
+        simulate=True if simulate else False if live else None,
+        max_cost=_usd_option(max_cost),
+        concurrency=concurrency,
+        retry_failed=retry_failed,
+    )
+    try:
+        endpoint = prepared.endpoint
+        if endpoint.simulated and not simulate:
+            err.print(
+                "[bold cyan]no MINDVIDEO_API_KEY: running on the built-in simulator "
+                "(nothing is charged; set the key for real videos)[/]",
+                highlight=False,
+            )
+        out.print(render.plan_view(prepared.plan, prepared.states))
+        out.print(progress.preflight_view(prepared.check, endpoint.simulated))
+        check_budget(prepared.check)
+        again = "mvbatch " + shlex.join(a for a in sys.argv[1:] if a != "--retry-failed")
+        check = prepared.check
+        if check.work == 0 and not download:
+            out.print("nothing to do: every task is finished")
+            raise typer.Exit(1 if check.failed else 0)
+        if not endpoint.simulated and not yes and check.new + check.retry + check.resume:
+            _confirm(check)
+        display: Callable[[Any], Any] = lambda ex: progress.Display(err, ex.snapshot)  # noqa: E731
+        stopper = workflow.Stopper(
+            on_first=lambda: err.print(
+                "[yellow]stopping: no new submissions; recording what "
+                "was sent. Ctrl-C again to quit at once (still safe)[/]"
+            ),
+            on_second=lambda: err.print(f"[yellow]quitting now; resume with: {again}[/]"),
+        )
+        outcome = asyncio.run(
+            workflow.execute(prepared, download=download, watch=display, stopper=stopper)
+        )
+    finally:
+        prepared.close()
+    result = outcome.result
+    out.print(progress.result_view(result, again))
+    if outcome.report is not None:
+        for text in outcome.report.summary():
+            out.print(text, highlight=False)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if result.held:
+        raise typer.Exit(BudgetError.exit_code)
+    if result.failed or result.pending:
+        raise typer.Exit(1)
+    if download and outcome.report is not None and not outcome.report.complete:
+        raise typer.Exit(1)
+
+
+def _usd_option(text: str | None) -> Any:
+    from decimal import Decimal, InvalidOperation
+
+    from mvbatch.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        value = Decimal(text.strip().lstrip("$"))
+    except InvalidOperation:
+        raise UsageError(
+            f"--max-cost expects an amount of US dollars such as 12.50; got {text!r}"
+        ) from None
+    if not value.is_finite() or value <= 0:
+        raise UsageError(f"--max-cost must be a positive amount; got {text!r}")
+    return value
+
+
+def _confirm(check: Any) -> None:
+    from mvbatch.errors import BudgetError
+
+    question = f"Submit for real? projected {check.projected:.4f} USD" + (
+        f" (cap {check.cap:.4f} USD)" if check.cap is not None else ""
+    )
+    if not sys.stdin.isatty():
+        raise BudgetError(
+            "a live run needs confirmation and there is no terminal to ask: nothing was submitted",
+            hint="review the plan above, then run again with --yes",
+        )
+    if not typer.confirm(question, default=False, err=True):
+        raise BudgetError("not confirmed: nothing was submitted")
+
+
+@app.command()
+@_edge
+def status(
+    manifest: Annotated[Path, typer.Argument(help="The TOML manifest (or PLAN.toml).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """Counts by status, spend and what is left, from the ledger alone (no request)."""
+    from mvbatch import progress, workflow
+
+    document = workflow.status_document(manifest, _settings())
+    if as_json:
+        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+    else:
+        out.print(progress.status_view(document))
+
+
+@app.command()
+@_edge
+def report(
+    manifest: Annotated[Path, typer.Argument(help="The TOML manifest that was run.")],
+    no_download: Annotated[
+        bool, typer.Option("--no-download", help="Write the reports without fetching videos.")
+    ] = False,
+) -> None:
+    """Write report.json/csv/md/html from the ledger, fetching any videos not yet on disk."""
+    from mvbatch.report import report_command
+
+    result = report_command(_settings(), manifest, download=not no_download)
+    for line in result.summary():
+        out.print(line, highlight=False)
+    counts = result.report.counts
+    unfinished = sum(counts.get(s, 0) for s in ("failed", "cancelled", "pending", "rejected"))
+    missing = result.report.download_totals["missing"]
+    if unfinished or (missing and not no_download):
+        raise typer.Exit(1)
+
+
+def _register_sim() -> None:
+    # The simulator contributes its own command; it imports nothing of ours.
+    from mvbatch.sim.command import register
+
+    register(app)
+
+
+_register_sim()
 
 
 def main() -> None:

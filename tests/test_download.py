@@ -1,0 +1,715 @@
+"""Downloads: verified, resumable, refreshed when expired, never outside the folder.
+
+Most tests drive `Downloader` through an in-process file host
+(`report_helpers.FileServer`) with scripted faults; the `slow` ones use real
+loopback servers to prove what crosses a socket: no Authorization header to a
+file host, also across a redirect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import string
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from report_helpers import (
+    Body,
+    FileServer,
+    add_task,
+    api_refresh,
+    header_recorder,
+    sha256,
+    sim_rows,
+    sim_tasks,
+    task_row,
+    video_bytes,
+)
+from sim_helpers import FakeClock, running_sim
+
+from mvbatch.download import (
+    Downloader,
+    Fetched,
+    contained,
+    output_relpath,
+    report_folder,
+    safe_component,
+)
+from mvbatch.endpoint import Endpoint
+from mvbatch.executor import OnSucceeded
+from mvbatch.ledger import Ledger, TaskRow
+from mvbatch.sim.app import create_app
+from mvbatch.sim.config import FaultRates, SimConfig
+
+ENV = "sim"
+URL = "https://files.example.test/out/{}.mp4?sig=abc"
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Ledger:
+    return Ledger(tmp_path / "state")
+
+
+@pytest.fixture
+def output_dir(tmp_path: Path) -> Path:
+    return tmp_path / "outputs"
+
+
+def succeeded(
+    ledger: Ledger,
+    name: str,
+    shot: str = "car-rain",
+    variant: dict[str, Any] | None = None,
+    manifest: str = "demo",
+) -> TaskRow:
+    key = f"mvb1-{name:0<32}"
+    return add_task(
+        ledger,
+        ENV,
+        task_row(key, shot, variant or {"mode": "std"}, manifest=manifest),
+        urls=[URL.format(name)],
+        task_id=f"task_{name}",
+    )
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def fetch_all(
+    ledger: Ledger, server: FileServer, output_dir: Path, rows: list[TaskRow], **options: Any
+) -> list[Fetched]:
+    async with server.client() as client:
+        downloader = Downloader(ledger, client, output_dir, backoff=lambda _n: 0.0, **options)
+        return await downloader.fetch(rows)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".part"))
+
+
+# ------------------------------------------------------------------ naming
+
+
+def test_names_come_from_our_data_not_the_servers_path(ledger: Ledger) -> None:
+    row = succeeded(ledger, "a1", shot="car-rain", variant={"mode": "pro", "duration": 10})
+    assert output_relpath(row, 0) == PurePosixPath(
+        f"videos/car-rain/mode-pro_duration-10_take1_{row.key[5:13]}.mp4"
+    )
+    assert output_relpath(row, 1).name.endswith("_2.mp4")
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        "..",
+        ".",
+        "../../etc/passwd",
+        "..\\..\\windows",
+        "/abs/path",
+        "a/../../b",
+        "CON",
+        "nul.txt",
+        "\x00evil",
+        "line\nbreak",
+        "  ",
+        "",
+        "-",
+        "x" * 500,
+        "😀" * 100,
+        "<script>alert(1)</script>",
+    ],
+)
+def test_hostile_names_cannot_escape_the_output_folder(tmp_path: Path, hostile: str) -> None:
+    folder = report_folder(tmp_path / "out", hostile)
+    assert folder.parent == tmp_path / "out"
+    component = safe_component(hostile, "x")
+    assert component not in ("", ".", "..")
+    assert "/" not in component
+    assert "\\" not in component
+    assert "\x00" not in component
+    assert len(component.encode()) <= 80
+    base = add_task(Ledger(tmp_path / "state"), ENV, task_row("mvb1-" + "a" * 32, "shot"))
+    row = dataclasses.replace(
+        base, key=f"mvb1-{hostile}", manifest=hostile, shot=hostile, variant={hostile: hostile}
+    )
+    target = contained(folder, output_relpath(row, 0))
+    assert target is not None
+    assert target.resolve().is_relative_to(folder.resolve())
+
+
+@given(st.text(alphabet=st.characters(), max_size=200))
+def test_any_text_is_one_safe_component(text: str) -> None:
+    component = safe_component(text, "fallback")
+    assert component
+    assert component not in (".", "..")
+    assert not set(component) & set("/\\\x00" + string.whitespace)
+    assert PurePosixPath(component).name == component
+
+
+@pytest.mark.parametrize("name", ["demo", "launch-teaser_", "a-", "0_x-"])
+def test_a_valid_manifest_name_is_the_folder_name_exactly(tmp_path: Path, name: str) -> None:
+    assert report_folder(tmp_path, name) == tmp_path / name
+
+
+def test_contained_refuses_escapes_and_symlinks(tmp_path: Path) -> None:
+    folder = tmp_path / "report"
+    (folder / "videos").mkdir(parents=True)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (folder / "videos" / "link").symlink_to(outside)
+    assert contained(folder, "../x.mp4") is None
+    assert contained(folder, "/etc/passwd") is None
+    assert contained(folder, "videos/link/x.mp4") is None
+    assert contained(folder, "videos/ok/x.mp4") == folder.resolve() / "videos/ok/x.mp4"
+
+
+def test_a_symlinked_shot_folder_is_refused_not_followed(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "s1")
+    data = video_bytes("s1")
+    outside = output_dir.parent / "elsewhere"
+    outside.mkdir(parents=True)
+    videos = report_folder(output_dir, "demo") / "videos"
+    videos.mkdir(parents=True)
+    (videos / "car-rain").symlink_to(outside)
+    server = FileServer({"/out/s1.mp4": data})
+    [fetched] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert fetched.outcome == "failed"
+    assert "leaves the folder" in (fetched.error or "")
+    assert list(outside.iterdir()) == []
+
+
+# ----------------------------------------------------------- the happy path
+
+
+def test_download_is_verified_recorded_and_leaves_no_part(ledger: Ledger, output_dir: Path) -> None:
+    rows = [succeeded(ledger, f"h{i}", variant={"mode": m}) for i, m in enumerate(["std", "pro"])]
+    data = {f"/out/h{i}.mp4": video_bytes(f"h{i}") for i in range(2)}
+    server = FileServer(dict(data))
+    results = run(fetch_all(ledger, server, output_dir, rows))
+    folder = report_folder(output_dir, "demo")
+    assert [r.outcome for r in results] == ["downloaded", "downloaded"]
+    for i, result in enumerate(results):
+        expected = data[f"/out/h{i}.mp4"]
+        assert result.path is not None
+        assert (folder / result.path).read_bytes() == expected
+        assert result.sha256 == sha256(expected)
+        [recorded] = ledger.outputs(ENV, rows[i].key)
+        assert (recorded.path, recorded.sha256, recorded.bytes) == (
+            result.path,
+            sha256(expected),
+            len(expected),
+        )
+    assert leftovers(folder) == []
+    for request in server.requests:
+        assert "authorization" not in request.headers
+        assert request.headers["accept-encoding"] == "identity"
+
+
+def test_rerun_never_downloads_a_verified_file_again(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "r1")
+    server = FileServer({"/out/r1.mp4": video_bytes("r1")})
+    run(fetch_all(ledger, server, output_dir, [row]))
+    assert len(server.requests) == 1
+    [again] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert again.outcome == "kept"
+    assert len(server.requests) == 1
+
+
+def test_a_file_changed_on_disk_is_verified_and_fetched_again(
+    ledger: Ledger, output_dir: Path
+) -> None:
+    row = succeeded(ledger, "c1")
+    data = video_bytes("c1")
+    server = FileServer({"/out/c1.mp4": data})
+    [first] = run(fetch_all(ledger, server, output_dir, [row]))
+    path = report_folder(output_dir, "demo") / first.path
+    corrupted = bytearray(data)
+    corrupted[1000] ^= 0xFF  # same size, different bytes: only the hash can tell
+    path.write_bytes(bytes(corrupted))
+    [second] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert second.outcome == "downloaded"
+    assert path.read_bytes() == data
+    assert len(server.requests) == 2
+
+
+def test_a_touched_but_identical_file_is_rehashed_and_kept(
+    ledger: Ledger, output_dir: Path
+) -> None:
+    row = succeeded(ledger, "t1")
+    data = video_bytes("t1")
+    server = FileServer({"/out/t1.mp4": data})
+    [first] = run(fetch_all(ledger, server, output_dir, [row]))
+    path = report_folder(output_dir, "demo") / first.path
+    path.write_bytes(data)  # rewritten: newer mtime, same bytes
+    [second] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert second.outcome == "kept"
+    assert len(server.requests) == 1
+
+
+def test_a_deleted_file_is_fetched_again(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "d1")
+    server = FileServer({"/out/d1.mp4": video_bytes("d1")})
+    [first] = run(fetch_all(ledger, server, output_dir, [row]))
+    (report_folder(output_dir, "demo") / first.path).unlink()
+    [second] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert second.outcome == "downloaded"
+
+
+# ------------------------------------------------------------------- faults
+
+
+@pytest.mark.parametrize("fault", ["truncate", "short"])
+def test_a_broken_transfer_resumes_with_a_range_request(
+    ledger: Ledger, output_dir: Path, fault: str
+) -> None:
+    row = succeeded(ledger, "b1")
+    data = video_bytes("b1", 300_000)
+    server = FileServer({"/out/b1.mp4": data}, script=[fault, fault])
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert result.outcome == "downloaded"
+    assert (report_folder(output_dir, "demo") / str(result.path)).read_bytes() == data
+    assert result.sha256 == sha256(data)
+    ranges = [r.headers.get("range") for r in server.requests]
+    assert ranges[0] is None
+    assert ranges[1] == f"bytes={len(data) // 3}-"
+    assert result.resumed == 2
+    assert leftovers(output_dir) == []
+
+
+def test_a_server_that_ignores_range_restarts_cleanly(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "i1")
+    data = video_bytes("i1", 300_000)
+    server = FileServer({"/out/i1.mp4": data}, script=["truncate", "ignore-range"])
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert result.outcome == "downloaded"
+    assert (report_folder(output_dir, "demo") / str(result.path)).read_bytes() == data
+    assert result.sha256 == sha256(data)
+
+
+def test_a_part_left_by_a_crash_is_resumed(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "p1")
+    data = video_bytes("p1", 300_000)
+    final = report_folder(output_dir, "demo") / output_relpath(row, 0)
+    final.parent.mkdir(parents=True)
+    final.with_name(f".{final.name}.part").write_bytes(data[:123_456])
+    server = FileServer({"/out/p1.mp4": data})
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert server.requests[0].headers["range"] == "bytes=123456-"
+    assert final.read_bytes() == data
+    assert result.sha256 == sha256(data)
+    assert leftovers(output_dir) == []
+
+
+def test_a_part_longer_than_the_file_starts_again(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "l1")
+    data = video_bytes("l1", 50_000)
+    final = report_folder(output_dir, "demo") / output_relpath(row, 0)
+    final.parent.mkdir(parents=True)
+    final.with_name(f".{final.name}.part").write_bytes(b"x" * 60_000)
+    server = FileServer({"/out/l1.mp4": data})
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert server.requests[0].headers["range"] == "bytes=60000-"  # answered 416
+    assert final.read_bytes() == data
+    assert result.sha256 == sha256(data)
+
+
+def test_server_errors_are_retried(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "e1")
+    data = video_bytes("e1")
+    server = FileServer({"/out/e1.mp4": data}, script=["500", "500"])
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert result.outcome == "downloaded"
+    assert result.attempts == 3
+
+
+def test_a_host_that_never_makes_progress_is_given_up_and_reported(
+    ledger: Ledger, output_dir: Path
+) -> None:
+    row = succeeded(ledger, "g1")
+    server = FileServer({"/out/g1.mp4": video_bytes("g1")}, script=["500"] * 20)
+    [result] = run(fetch_all(ledger, server, output_dir, [row], max_failures=3))
+    assert result.outcome == "failed"
+    assert "gave up after 3 attempts" in (result.error or "")
+    assert ledger.outputs(ENV, row.key)[0].path is None
+
+
+def test_an_expired_url_is_refreshed_through_the_api(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "x1")
+    data = video_bytes("x1")
+    server = FileServer({"/out/fresh.mp4": data}, expired={"/out/x1.mp4"})
+    asked: list[str] = []
+
+    async def refresh(task_id: str) -> list[str]:
+        asked.append(task_id)
+        return ["https://files.example.test/out/fresh.mp4?sig=new"]
+
+    [result] = run(fetch_all(ledger, server, output_dir, [row], refresh=refresh))
+    assert asked == ["task_x1"]
+    assert result.outcome == "downloaded"
+    assert result.refreshes == 1
+    assert ledger.outputs(ENV, row.key)[0].url.endswith("fresh.mp4?sig=new")
+    assert (report_folder(output_dir, "demo") / str(result.path)).read_bytes() == data
+
+
+def test_an_expired_url_without_refresh_fails_cleanly(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "y1")
+    server = FileServer({}, expired={"/out/y1.mp4"})
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert result.outcome == "failed"
+    assert "403" in (result.error or "")
+    assert leftovers(output_dir) == []
+
+
+def test_refresh_gives_up_after_a_few_fresh_urls(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "z1")
+    server = FileServer({}, expired={"/out/z1.mp4"})
+
+    async def refresh(task_id: str) -> list[str]:
+        return [URL.format("z1")]
+
+    [result] = run(fetch_all(ledger, server, output_dir, [row], refresh=refresh, max_refreshes=2))
+    assert result.outcome == "failed"
+    assert result.refreshes == 2
+
+
+def test_urls_missing_from_the_ledger_are_asked_of_the_api(
+    ledger: Ledger, output_dir: Path
+) -> None:
+    row = add_task(ledger, ENV, task_row("mvb1-" + "q" * 32, "shot"), task_id="task_q")
+    data = video_bytes("q")
+    server = FileServer({"/out/q.mp4": data})
+
+    async def refresh(task_id: str) -> list[str]:
+        return [URL.format("q")]
+
+    [result] = run(fetch_all(ledger, server, output_dir, [row], refresh=refresh))
+    assert result.outcome == "downloaded"
+    assert ledger.outputs(ENV, row.key)[0].sha256 == sha256(data)
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_the_size_cap_stops_a_runaway_body(
+    ledger: Ledger, output_dir: Path, announced: bool
+) -> None:
+    row = succeeded(ledger, "m1")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = b"\0" * 100_000
+        if announced:
+            return httpx.Response(
+                200,
+                headers={"Content-Length": str(len(body))},
+                stream=Body(body, 10_000, None, drop=False),
+            )
+
+        async def chunks() -> Any:
+            for _ in range(10):
+                yield body[:10_000]
+
+        return httpx.Response(200, stream=_Chunks(chunks()))
+
+    async def go() -> list[Fetched]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await Downloader(ledger, client, output_dir, max_bytes=50_000).fetch([row])
+
+    [result] = run(go())
+    assert result.outcome == "failed"
+    assert "cap" in (result.error or "")
+    assert leftovers(output_dir) == []
+    assert not list((report_folder(output_dir, "demo")).rglob("*.mp4"))
+
+
+class _Chunks(httpx.AsyncByteStream):
+    def __init__(self, chunks: Any) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> Any:
+        async for chunk in self.chunks:
+            yield chunk
+
+
+def test_a_url_that_is_not_http_is_refused(ledger: Ledger, output_dir: Path) -> None:
+    key = "mvb1-" + "f" * 32
+    row = add_task(ledger, ENV, task_row(key, "shot"), urls=["file:///etc/passwd"])
+    [result] = run(fetch_all(ledger, FileServer({}), output_dir, [row]))
+    assert result.outcome == "failed"
+    assert "not an http(s) URL" in (result.error or "")
+
+
+def test_a_files_client_with_credentials_is_refused(ledger: Ledger, output_dir: Path) -> None:
+    client = Endpoint("sim", "http://api.test/api/v1", "mv_secret_key").api_client()
+    with pytest.raises(ValueError, match="Authorization"):
+        Downloader(ledger, client, output_dir)
+    run(client.aclose())
+
+
+def test_the_executor_hook_downloads_in_the_background(ledger: Ledger, output_dir: Path) -> None:
+    rows = [succeeded(ledger, f"k{i}") for i in range(3)]
+    server = FileServer({f"/out/k{i}.mp4": video_bytes(f"k{i}") for i in range(3)})
+
+    async def go() -> list[Fetched]:
+        async with server.client() as client:
+            downloader = Downloader(ledger, client, output_dir, concurrency=2)
+            hook: OnSucceeded = downloader.on_succeeded  # the executor's type
+            await asyncio.gather(*(hook(row) for row in rows))
+            return downloader.results
+
+    results = run(go())
+    assert sorted(r.outcome for r in results) == ["downloaded"] * 3
+
+
+def test_concurrency_is_bounded(ledger: Ledger, output_dir: Path) -> None:
+    rows = [succeeded(ledger, f"n{i}") for i in range(6)]
+    active = peak = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.01)
+        active -= 1
+        return httpx.Response(200, stream=Body(b"video", 1024, None, drop=False))
+
+    async def go() -> list[Fetched]:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await Downloader(ledger, client, output_dir, concurrency=2).fetch(rows)
+
+    results = run(go())
+    assert all(r.outcome == "downloaded" for r in results)
+    assert peak == 2
+
+
+def test_a_part_locked_by_another_process_is_left_alone(ledger: Ledger, output_dir: Path) -> None:
+    import fcntl
+
+    row = succeeded(ledger, "o1")
+    final = report_folder(output_dir, "demo") / output_relpath(row, 0)
+    final.parent.mkdir(parents=True)
+    part = final.with_name(f".{final.name}.part")
+    fd = os.open(part, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        server = FileServer({"/out/o1.mp4": video_bytes("o1")})
+        [result] = run(fetch_all(ledger, server, output_dir, [row]))
+        assert result.outcome == "busy"
+        assert server.requests == []
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------ real loopback sockets
+
+
+@pytest.mark.slow
+def test_a_redirect_to_another_host_carries_no_authorization(
+    ledger: Ledger, output_dir: Path
+) -> None:
+    data = video_bytes("redirect")
+    # The file host (localhost) redirects to a CDN (127.0.0.1): two origins.
+    with (
+        header_recorder("127.0.0.1", body=data) as cdn,
+        header_recorder("localhost", redirect_to=f"{cdn.url}/video.mp4") as files,
+    ):
+        key = "mvb1-" + "r" * 32
+        row = add_task(ledger, ENV, task_row(key, "shot"), urls=[f"{files.url}/out.mp4"])
+        endpoint = Endpoint("live", "http://127.0.0.1:9/api/v1", "mv_live_secret_key_123")
+
+        async def go() -> list[Fetched]:
+            async with endpoint.files_client() as client:
+                return await Downloader(ledger, client, output_dir).fetch([row])
+
+        [result] = run(go())
+    assert result.outcome == "downloaded"
+    assert result.sha256 == sha256(data)
+    assert len(files.seen) == 1
+    assert len(cdn.seen) == 1
+    for headers in files.seen + cdn.seen:
+        assert "authorization" not in headers
+        assert "mv_live_secret_key_123" not in repr(headers)
+
+
+# ---------------------------------------------- faults from the simulator
+
+
+def sim_expected(app: Any, task_id: str) -> bytes:
+    service = app.state.service
+    return bytes(service.file_bytes(service.store.get(task_id)))
+
+
+def assert_complete(
+    output_dir: Path, results: list[Fetched], expected: dict[str, bytes], rows: list[TaskRow]
+) -> None:
+    by_key = {row.key: row.task_id for row in rows}
+    assert [r.outcome for r in results] == ["downloaded"] * len(rows), results
+    for result in results:
+        data = expected[str(by_key[result.key])]
+        assert (report_folder(output_dir, "demo") / str(result.path)).read_bytes() == data
+        assert result.sha256 == sha256(data)
+        assert result.bytes == len(data)
+    assert leftovers(output_dir) == []
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_simulator_faults_still_end_in_identical_files(
+    ledger: Ledger, output_dir: Path, seed: int
+) -> None:
+    clock = FakeClock()
+    config = SimConfig(
+        speed=0,
+        seed=seed,
+        clock=clock,
+        url_ttl_seconds=600,
+        faults=FaultRates(truncated_download=0.7, expired_url=0.3),
+    )
+    app = create_app(config)
+    endpoint = Endpoint(
+        "sim", "http://sim.test/api/v1", "mv_sim_local", httpx.ASGITransport(app=app)
+    )
+
+    async def go() -> tuple[list[TaskRow], list[Fetched]]:
+        async with endpoint.api_client() as api, endpoint.files_client() as files:
+            rows = sim_rows(ledger, ENV, await sim_tasks(api, 8))
+            clock.advance(3600)  # every recorded URL has expired by now
+            # In-process, a cut body never reaches the client (ASGITransport
+            # buffers it), so no attempt makes progress: allow many.
+            downloader = Downloader(
+                ledger,
+                files,
+                output_dir,
+                refresh=api_refresh(api),
+                backoff=lambda _n: 0.0,
+                max_refreshes=20,
+                max_failures=30,
+            )
+            return rows, await downloader.fetch(rows)
+
+    rows, results = run(go())
+    expected = {str(r.task_id): sim_expected(app, str(r.task_id)) for r in rows}
+    assert_complete(output_dir, results, expected, rows)
+    assert all(r.refreshes >= 1 for r in results)
+    stats = app.state.service.store.counters()
+    assert stats.get("fault:truncated_download", 0) > 0
+    assert stats.get("download:with_authorization", 0) == 0
+
+
+@pytest.mark.slow
+def test_real_sockets_truncation_drops_and_expiry_end_in_identical_files(
+    tmp_path: Path, ledger: Ledger, output_dir: Path
+) -> None:
+    port = free_port()
+    # Files are served under another host name (localhost) than the API
+    # (127.0.0.1): the simulator counts any download that carries a key.
+    with running_sim(
+        tmp_path,
+        port=port,
+        speed=0,
+        seed=7,
+        output_scale=4,
+        fault_truncated_download=0.5,
+        fault_expired_url=0.3,
+        files_base_url=f"http://localhost:{port}",
+    ) as base:
+        endpoint = Endpoint("live", f"{base}/api/v1", "mv_live_loopback_key")
+
+        async def go() -> tuple[list[TaskRow], list[Fetched]]:
+            async with endpoint.api_client() as api, endpoint.files_client() as files:
+                rows = sim_rows(ledger, ENV, await sim_tasks(api, 8))
+                downloader = Downloader(
+                    ledger,
+                    files,
+                    output_dir,
+                    refresh=api_refresh(api),
+                    backoff=lambda _n: 0.0,
+                    max_refreshes=10,
+                    max_failures=10,
+                )
+                return rows, await downloader.fetch(rows)
+
+        rows, results = run(go())
+        stats = httpx.get(f"{base}/_sim/stats").json()
+        with httpx.Client() as clean:
+            httpx.post(f"{base}/_sim/faults", json={"profile": "none"}).raise_for_status()
+            expected = {}
+            for row in rows:
+                task = clean.get(
+                    f"{base}/api/v1/tasks/{row.task_id}",
+                    headers={"Authorization": "Bearer mv_live_loopback_key"},
+                )
+                url = task.json()["output"]["videos"][0]["url"]
+                assert url.startswith(f"http://localhost:{port}/")
+                expected[str(row.task_id)] = clean.get(url).content
+    assert_complete(output_dir, results, expected, rows)
+    assert sum(r.resumed for r in results) > 0  # real partial bodies were continued
+    assert stats["faults"]["truncated_download"] > 0
+    assert stats["downloads_with_authorization"] == 0
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_cancelled_download_leaves_its_part_and_resumes(ledger: Ledger, output_dir: Path) -> None:
+    row = succeeded(ledger, "cx")
+    data = video_bytes("cx", 400_000)
+    first_chunk = asyncio.Event()
+
+    class Slow(httpx.AsyncByteStream):
+        async def __aiter__(self) -> Any:
+            yield data[:100_000]
+            first_chunk.set()
+            await asyncio.sleep(30)  # the run is stopped here
+            yield data[100_000:]
+
+    server = FileServer({"/out/cx.mp4": data})
+    slow = True
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal slow
+        if slow:
+            slow = False
+            return httpx.Response(200, headers={"Content-Length": str(len(data))}, stream=Slow())
+        return server.handle(request)
+
+    async def go() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            downloader = Downloader(ledger, client, output_dir)
+            task = asyncio.ensure_future(downloader.on_succeeded(row))
+            await first_chunk.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            final = report_folder(output_dir, "demo") / output_relpath(row, 0)
+            part = final.with_name(f".{final.name}.part")
+            assert part.read_bytes() == data[:100_000]  # what arrived is kept
+            assert not final.exists()
+            [again] = await downloader.fetch([row])
+            assert again.outcome == "downloaded"
+            assert server.requests[0].headers["range"] == "bytes=100000-"
+            assert final.read_bytes() == data
+            assert not part.exists()
+
+    run(go())
+
+
+def test_an_unreachable_api_fails_only_that_task(ledger: Ledger, output_dir: Path) -> None:
+    lost = add_task(ledger, ENV, task_row("mvb1-" + "u" * 32, "shot"), task_id="task_u")
+    fine = succeeded(ledger, "ok")
+    server = FileServer({"/out/ok.mp4": video_bytes("ok")})
+
+    async def refresh(task_id: str) -> list[str]:
+        raise httpx.ConnectError("the API is down")
+
+    results = run(fetch_all(ledger, server, output_dir, [lost, fine], refresh=refresh))
+    assert [r.outcome for r in results] == ["failed", "downloaded"]
+    assert "the API is down" in (results[0].error or "")
