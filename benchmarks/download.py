@@ -28,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -173,54 +175,91 @@ def own_cpu(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_curl(urls: list[str], folder: Path, concurrency: int) -> float:
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (everything but idle and iowait)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Pass:
+    """One timed pass: wall seconds, and the CPU seconds spent meanwhile by whom."""
+
+    seconds: float = 0.0
+    client: float = 0.0  # the client under test (curl, or this process for mvbatch)
+    sim: float = 0.0  # the simulator process
+    rest: float = 0.0  # the rest of the machine: kernel threads (writeback), other work
+
+
+class Timed:
+    """Measures the block it wraps: wall time, the client's, the simulator's and the rest's CPU."""
+
+    def __init__(self, sim_pid: int, client_cpu: Callable[[], float]) -> None:
+        self.sim_pid, self.client_cpu = sim_pid, client_cpu
+        self.result = Pass()
+
+    def _read(self) -> tuple[float, float, float, float]:
+        return (
+            time.perf_counter(),
+            self.client_cpu(),
+            cpu_seconds(self.sim_pid),
+            machine_busy(),
+        )
+
+    def __enter__(self) -> Timed:
+        self._start = self._read()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        wall, client, sim, busy = (b - a for a, b in zip(self._start, self._read(), strict=True))
+        self.result = Pass(wall, client, sim, busy - client - sim)
+
+
+def run_curl(urls: list[str], folder: Path, concurrency: int, sim_pid: int) -> Pass:
     folder.mkdir(parents=True)
     config = folder.parent / f"{folder.name}.curl"
     config.write_text(
         "".join(f'url = "{u}"\noutput = "{folder / f"{n}.mp4"}"\n' for n, u in enumerate(urls))
     )
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            "curl",
-            "--parallel",
-            "--parallel-max",
-            str(concurrency),
-            "--silent",
-            "--no-progress-meter",
-            "--show-error",
-            "--fail",
-            "--config",
-            str(config),
-        ],
-        check=True,
-    )
-    return time.perf_counter() - started
+    with Timed(sim_pid, lambda: own_cpu(resource.RUSAGE_CHILDREN)) as timed:
+        subprocess.run(
+            [
+                "curl",
+                "--parallel",
+                "--parallel-max",
+                str(concurrency),
+                "--silent",
+                "--no-progress-meter",
+                "--show-error",
+                "--fail",
+                "--config",
+                str(config),
+            ],
+            check=True,
+        )
+    return timed.result
 
 
 def run_mvbatch(
-    tasks: list[tuple[str, str]], work: Path, concurrency: int
-) -> tuple[float, float, Ledger]:
-    """(seconds, CPU seconds, ledger) of one pass; the ledger rows are written untimed."""
+    tasks: list[tuple[str, str]], work: Path, concurrency: int, sim_pid: int
+) -> tuple[Pass, Ledger]:
+    """One pass, and its ledger; the ledger rows are written untimed."""
     ledger = Ledger(work / "state")
     rows = ledger_rows(ledger, tasks)
     endpoint = Endpoint("live", "http://127.0.0.1:9/api/v1", KEY)
     os.sync()
 
-    async def go() -> tuple[float, float]:
+    async def go() -> Pass:
         async with endpoint.files_client(max_connections=concurrency) as client:
             downloader = Downloader(ledger, client, work / "out", concurrency=concurrency)
-            started, cpu = time.perf_counter(), own_cpu(resource.RUSAGE_SELF)
-            results = await downloader.fetch(rows)
-            elapsed = time.perf_counter() - started
-            cpu = own_cpu(resource.RUSAGE_SELF) - cpu
+            with Timed(sim_pid, lambda: own_cpu(resource.RUSAGE_SELF)) as timed:
+                results = await downloader.fetch(rows)
         failed = [r for r in results if not r.ok]
         if failed:
             raise SystemExit(f"{len(failed)} downloads failed: {failed[0].error}")
-        return elapsed, cpu
+        return timed.result
 
-    elapsed, cpu = asyncio.run(go())
-    return elapsed, cpu, ledger
+    return asyncio.run(go()), ledger
 
 
 def main() -> None:
@@ -248,13 +287,8 @@ def main() -> None:
         try:
             tasks = create_tasks(base, args.files)
             urls = [url for _, url in tasks]
-            curl_times, ours_times, synced = [], [], []
-            cpu: dict[str, list[float]] = {
-                "curl": [],
-                "mvbatch": [],
-                "sim (curl)": [],
-                "sim (mvbatch)": [],
-            }
+            passes: dict[str, list[Pass]] = {"curl": [], "mvbatch": []}
+            synced: list[float] = []
             total = 0
             for round_no in range(-args.warmup, args.rounds):
                 folder = work / f"round-{round_no}"
@@ -263,34 +297,31 @@ def main() -> None:
                     # Start each pass with no dirty pages from the previous
                     # one, so neither client pays for the other's writeback.
                     os.sync()
-                    server_before = cpu_seconds(process.pid)
                     if who == "curl":
-                        before = own_cpu(resource.RUSAGE_CHILDREN)
-                        curl_times.append(run_curl(urls, folder / "curl", args.concurrency))
-                        cpu["curl"].append(own_cpu(resource.RUSAGE_CHILDREN) - before)
+                        passes["curl"].append(
+                            run_curl(urls, folder / "curl", args.concurrency, process.pid)
+                        )
                         # curl leaves its bytes in the page cache; mvbatch
                         # fsyncs each file before it counts it as done. How
                         # long curl's bytes take to reach the disk:
                         started = time.perf_counter()
                         os.sync()
-                        synced.append(curl_times[-1] + time.perf_counter() - started)
+                        synced.append(passes["curl"][-1].seconds + time.perf_counter() - started)
                     else:
-                        elapsed, used, ledger = run_mvbatch(
-                            tasks, folder / "mvbatch", args.concurrency
+                        done, ledger = run_mvbatch(
+                            tasks, folder / "mvbatch", args.concurrency, process.pid
                         )
-                        ours_times.append(elapsed)
-                        cpu["mvbatch"].append(used)
-                    cpu[f"sim ({who})"].append(cpu_seconds(process.pid) - server_before)
+                        passes["mvbatch"].append(done)
                 total = check_same(folder, ledger, tasks)
                 ledger.close()
                 shutil.rmtree(folder)
                 if round_no < 0:  # a warm-up round: measured, then forgotten
-                    for values in (curl_times, ours_times, synced, *cpu.values()):
+                    for values in (passes["curl"], passes["mvbatch"], synced):
                         values.pop()
         finally:
             process.terminate()
             process.wait(10)
-    report(args, total, curl_times, ours_times, synced, cpu)
+    report(args, total, passes, synced)
 
 
 def check_same(folder: Path, ledger: Ledger, tasks: list[tuple[str, str]]) -> int:
@@ -310,45 +341,53 @@ def check_same(folder: Path, ledger: Ledger, tasks: list[tuple[str, str]]) -> in
 
 
 def report(
-    args: argparse.Namespace,
-    total: int,
-    curl_times: list[float],
-    ours_times: list[float],
-    synced: list[float],
-    cpu: dict[str, list[float]],
+    args: argparse.Namespace, total: int, passes: dict[str, list[Pass]], synced: list[float]
 ) -> None:
-    curl_rate = total / statistics.median(curl_times) / 1e6
-    ours_rate = total / statistics.median(ours_times) / 1e6
+    curl, ours = passes["curl"], passes["mvbatch"]
+    curl_rate = total / statistics.median(p.seconds for p in curl) / 1e6
+    ours_rate = total / statistics.median(p.seconds for p in ours) / 1e6
     ratio = ours_rate / curl_rate
+    paired = [c.seconds / o.seconds for c, o in zip(curl, ours, strict=True)]
     print(
         f"{args.files} files of {args.size_mb:g} MB ({total / 1e6:.0f} MB per pass), "
-        f"concurrency {args.concurrency}, {args.rounds} rounds, loopback, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}"
+        f"{args.concurrency} transfers at a time on both sides (curl --parallel-max, "
+        f"Downloader concurrency), {args.rounds} rounds after {args.warmup} warm-up, "
+        f"loopback, {os.cpu_count()} vCPUs ({cpu_model()}), Linux {platform.release()}, "
+        f"Python {platform.python_version()}"
     )
     print()
-    print("| client | seconds per pass (each round) | median MB/s |")
-    print("|---|---|---:|")
     print(
-        f"| curl --parallel (the target) | {', '.join(f'{t:.2f}' for t in curl_times)} "
-        f"| {curl_rate:.0f} |"
+        "| client | seconds per pass (each round) | median MB/s "
+        "| median CPU s per pass: client / simulator / rest of machine |"
     )
-    print(
-        f"| mvbatch Downloader (fsync per file) | "
-        f"{', '.join(f'{t:.2f}' for t in ours_times)} | {ours_rate:.0f} |"
-    )
+    print("|---|---|---:|---|")
+    for name, runs in (("curl --parallel (the target)", curl), ("mvbatch Downloader", ours)):
+        print(
+            f"| {name} | {', '.join(f'{p.seconds:.2f}' for p in runs)} "
+            f"| {total / statistics.median(p.seconds for p in runs) / 1e6:.0f} "
+            f"| {statistics.median(p.client for p in runs):.2f} / "
+            f"{statistics.median(p.sim for p in runs):.2f} / "
+            f"{statistics.median(p.rest for p in runs):.2f} |"
+        )
     print(
         f"| curl --parallel, then sync | {', '.join(f'{t:.2f}' for t in synced)} "
-        f"| {total / statistics.median(synced) / 1e6:.0f} |"
+        f"| {total / statistics.median(synced) / 1e6:.0f} | |"
     )
     print()
     print(
-        "CPU seconds per pass (median): "
-        + ", ".join(f"{who} {statistics.median(values):.2f}" for who, values in cpu.items())
+        f"mvbatch / curl, round by round: {', '.join(f'{r:.2f}' for r in paired)} "
+        f"(median {statistics.median(paired):.2f}x)"
     )
-    print()
-    print(f"mvbatch / curl = {ratio:.2f}x (target >= {args.target}x)")
+    print(f"mvbatch / curl = {ratio:.2f}x, from the median passes (target >= {args.target}x)")
     if ratio < args.target:
         sys.exit(1)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 if __name__ == "__main__":
