@@ -2,7 +2,6 @@
 
 - `task_row(...)` / `add_task(...)`: write a task straight into the ledger in
   any state, without the executor (what a run would have left behind).
-- `planned_rows(plan)`: the rows `Ledger.ensure_tasks` gets for a plan.
 - `FileServer`: an in-process file host (`httpx.MockTransport`) with Range
   support and scripted faults (truncation, expiry, ignored ranges).
 - `HeaderRecorder`: a real loopback HTTP server (stdlib) that records every
@@ -25,7 +24,6 @@ from typing import Any
 import httpx
 
 from mvbatch.ledger import Ledger, TaskRow
-from mvbatch.planner import Plan
 
 
 def task_row(
@@ -56,26 +54,6 @@ def task_row(
         "estimate_local": Decimal(estimate),
         "estimate_source": source,
     }
-
-
-def planned_rows(plan: Plan) -> list[dict[str, Any]]:
-    return [
-        {
-            "key": t.key,
-            "manifest": t.manifest,
-            "shot": t.shot,
-            "shots": list(t.shots),
-            "variant": dict(t.variant),
-            "take": t.take,
-            "model": t.model,
-            "input": t.public_input(),
-            "price_class": t.estimate.price_class,
-            "seconds": t.estimate.seconds,
-            "estimate_local": t.estimate.cost,
-            "estimate_source": t.estimate.source,
-        }
-        for t in plan.tasks
-    ]
 
 
 def add_task(

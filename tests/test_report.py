@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
-from report_helpers import add_task, planned_rows, sha256, task_row, video_bytes
+from report_helpers import add_task, sha256, task_row, video_bytes
 
 from mvbatch import logs
 from mvbatch.download import Downloader, report_folder
@@ -35,7 +35,7 @@ from mvbatch.report import (
     write_report,
 )
 from mvbatch.settings import Settings
-from mvbatch.workflow import build_plan
+from mvbatch.workflow import build_plan, planned_rows
 
 DEMO = """
 name = "demo"

@@ -19,13 +19,13 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 import pytest
-from report_helpers import add_task, planned_rows, video_bytes
+from report_helpers import add_task, video_bytes
 
 from mvbatch.download import Downloader
 from mvbatch.ledger import Ledger
 from mvbatch.report import ReportResult, write_report
 from mvbatch.settings import Settings
-from mvbatch.workflow import build_plan
+from mvbatch.workflow import build_plan, planned_rows
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
