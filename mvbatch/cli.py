@@ -35,8 +35,38 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+
+
+class _Redacting:
+    """A text stream that passes everything through `logs.redact_text`.
+
+    Only this module prints, so wrapping its two consoles guarantees that no
+    credential reaches the terminal, even one echoed back in a server message.
+    The real stream is looked up at each write, as test runners swap them.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @property
+    def stream(self) -> Any:
+        return getattr(sys, self.name)
+
+    def write(self, text: str) -> int:
+        return int(self.stream.write(logs.redact_text(text)))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return bool(self.stream.isatty())
+
+    def fileno(self) -> int:
+        return int(self.stream.fileno())
+
+
+out = Console(file=_Redacting("stdout"), soft_wrap=True)  # type: ignore[arg-type]
+err = Console(file=_Redacting("stderr"), soft_wrap=True)  # type: ignore[arg-type]
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The console logging chosen by the global options; `run` adds its log file.
@@ -298,7 +328,7 @@ def _usd_option(text: str | None) -> Any:
 
 
 def _confirm(check: Any) -> None:
-    from mvbatch.errors import BudgetError
+    from mvbatch.errors import BudgetError, Interrupted
 
     question = f"Submit for real? projected {check.projected:.4f} USD" + (
         f" (cap {check.cap:.4f} USD)" if check.cap is not None else ""
@@ -308,7 +338,14 @@ def _confirm(check: Any) -> None:
             "a live run needs confirmation and there is no terminal to ask: nothing was submitted",
             hint="review the plan above, then run again with --yes",
         )
-    if not typer.confirm(question, default=False, err=True):
+    try:
+        confirmed = typer.confirm(question, default=False, err=True)
+    except typer.Abort as abort:
+        # click turns both Ctrl-C and end-of-input into Abort; tell them apart.
+        if isinstance(abort.__context__, KeyboardInterrupt):
+            raise Interrupted("interrupted at the confirmation: nothing was submitted") from None
+        raise BudgetError("no answer to the confirmation: nothing was submitted") from None
+    if not confirmed:
         raise BudgetError("not confirmed: nothing was submitted")
 
 

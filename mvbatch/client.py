@@ -48,11 +48,14 @@ import httpx
 
 from mvbatch import logs
 from mvbatch.errors import ApiError, AuthError
+from mvbatch.keys import canonical_json
 
 STATUSES = ("queued", "processing", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MESSAGE_LIMIT = 500
 MAX_CONNECTIONS = 8
+EVENTS_DEADLINE = 10.0  # seconds: the events call is diagnostics, never worth waiting for
+EVENTS_TEXT_LIMIT = 4096  # bytes of a non-JSON events body kept as text
 
 
 def pool_size(concurrency: int) -> int:
@@ -86,10 +89,14 @@ RETRY_STATUSES = frozenset({408, 429})  # plus every 5xx, see `_retryable_status
 class TaskRejected(Exception):
     """The server refused this request for good (a 4xx other than 401/403/408/429)."""
 
-    def __init__(self, status_code: int, message: str) -> None:
+    def __init__(self, status_code: int, message: str, maybe_sent: bool = False) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
+        # An earlier attempt of the same call may have reached the server (a
+        # timeout, a dropped connection, a 5xx, a garbled 2xx): for a POST the
+        # task may exist and be charged even though this answer refuses it.
+        self.maybe_sent = maybe_sent
 
 
 class ApiUnavailable(ApiError):
@@ -125,9 +132,9 @@ class TaskState:
 def parse_task(body: Any, response: httpx.Response | None = None) -> TaskState:
     if not isinstance(body, Mapping):
         raise MalformedResponse(f"expected a JSON object, got {type(body).__name__}")
-    task_id = body.get("task_id")
+    task_id = _ident(body.get("task_id"))
     raw_status = body.get("status")
-    if not isinstance(task_id, str) or not task_id or not isinstance(raw_status, str):
+    if not task_id or not isinstance(raw_status, str):
         raise MalformedResponse("the response has no task_id or status")
     status = raw_status.strip().lower()
     if status not in STATUSES:
@@ -137,11 +144,11 @@ def parse_task(body: Any, response: httpx.Response | None = None) -> TaskState:
         task_id=task_id,
         status=status,
         raw_status=raw_status,
-        request_id=_text(body.get("request_id")) or headers.get("x-request-id"),
+        request_id=_ident(body.get("request_id")) or headers.get("x-request-id"),
         cost_estimate=_money(body.get("cost_estimate")),
         cost_actual=_money(body.get("cost_actual")),
         urls=_video_urls(body.get("output")),
-        error=_error_text(body) if status in ("failed", "cancelled") else None,
+        error=_scrubbed(_error_text(body)) if status in ("failed", "cancelled") else None,
         server_seconds=_server_seconds(body) if status in TERMINAL else None,
         replayed=headers.get("idempotent-replayed", "").lower() == "true",
         retry_after=parse_retry_after(headers.get("retry-after")),
@@ -150,6 +157,15 @@ def parse_task(body: Any, response: httpx.Response | None = None) -> TaskState:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _ident(value: Any) -> str | None:
+    """An identifier: a non-empty string, or a number sent where a string was documented."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | Decimal | float):
+        return str(value)
+    return _text(value)
 
 
 def _money(value: Any) -> Decimal | None:
@@ -237,6 +253,17 @@ def _error_text(body: Any) -> str | None:
     return "; ".join(parts) if parts else None
 
 
+def _scrubbed(value: Any) -> Any:
+    """Server-sent text with anything shaped like a credential removed (it is stored)."""
+    if isinstance(value, str):
+        return logs.redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: _scrubbed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    return value
+
+
 def server_message(response: httpx.Response) -> str:
     """Whatever message the server sent, for a person; never empty."""
     text = ""
@@ -247,7 +274,10 @@ def server_message(response: httpx.Response) -> str:
         message = None
     if not message:
         message = " ".join(text.split())[:MESSAGE_LIMIT] or response.reason_phrase or "no message"
-    return message[:MESSAGE_LIMIT]
+    # Redacted here, at the boundary, because this text is stored in the
+    # ledger and printed in reports: a proxy echoing our headers must not
+    # carry the key into them.
+    return logs.redact_text(message[:MESSAGE_LIMIT])
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -378,9 +408,9 @@ class ApiClient:
         """POST /tasks. Safe to repeat: the same key and payload give the same task."""
         if not idempotency_key:
             raise ValueError("a POST is only sent (and retried) with an idempotency key")
-        body = json.dumps(
-            {"model": model, "input": input}, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+        # Canonical bytes (sorted keys, compact, UTF-8): the same content is
+        # always the same body, so the key never meets a byte-different twin.
+        body = canonical_json({"model": model, "input": input}).encode()
         try:
             response, parsed = await self._request(
                 "POST",
@@ -389,7 +419,7 @@ class ApiClient:
                 headers={"Idempotency-Key": idempotency_key, "Content-Type": "application/json"},
             )
         except TaskRejected as rejected:
-            if rejected.status_code == 409:
+            if rejected.status_code == 409 and not rejected.maybe_sent:
                 raise TaskRejected(
                     409,
                     (
@@ -398,6 +428,7 @@ class ApiClient:
                         "request under that key. `mvbatch run --retry-failed` submits it under a "
                         "new key"
                     ),
+                    maybe_sent=False,
                 ) from None
             raise
         return parse_task(parsed, response)
@@ -407,12 +438,40 @@ class ApiClient:
         response, parsed = await self._request("GET", f"tasks/{task_id}")
         return parse_task(parsed, response)
 
-    async def events(self, task_id: str) -> Any:
-        """GET /tasks/{task_id}/events: the server's history of the task, as sent."""
-        _, body = await self._request("GET", f"tasks/{task_id}/events")
+    async def events(self, task_id: str, deadline: float = EVENTS_DEADLINE) -> Any:
+        """GET /tasks/{task_id}/events: the server's history of the task, as sent.
+
+        Diagnostics only: one attempt, no retry budget spent, a hard deadline.
+        A body that is not JSON is kept as (truncated) text. Raises
+        `ApiUnavailable` when the call fails or times out, `TaskRejected` on
+        a 4xx, `AuthError` on 401/403.
+        """
+        path = f"tasks/{task_id}/events"
+        self.counts["GET"] += 1
+        try:
+            response = await asyncio.wait_for(self.http.request("GET", path), deadline)
+        except TimeoutError:
+            raise ApiUnavailable(f"GET /{path} did not answer within {deadline:g}s") from None
+        except httpx.HTTPError as error:
+            raise ApiUnavailable(f"GET /{path} failed ({type(error).__name__})") from None
+        code = response.status_code
+        if code >= 300:
+            self.counts[str(code)] += 1
+            if code in (401, 403):
+                raise AuthError(
+                    f"the API refused the key (HTTP {code}: {server_message(response)})",
+                    hint="check MINDVIDEO_API_KEY",
+                )
+            if 400 <= code < 500:
+                raise TaskRejected(code, server_message(response))
+            raise ApiUnavailable(f"GET /{path} failed (HTTP {code})")
+        try:
+            body = json.loads(response.content, parse_float=Decimal)
+        except (ValueError, UnicodeDecodeError):
+            return _scrubbed(response.content[:EVENTS_TEXT_LIMIT].decode("utf-8", "replace"))
         if isinstance(body, Mapping) and "events" in body:
-            return body["events"]
-        return body
+            return _scrubbed(body["events"])
+        return _scrubbed(body)
 
     async def refresh_outputs(self, task_id: str) -> list[str]:
         """Fresh output URLs of a succeeded task (signed URLs expire)."""
@@ -439,6 +498,7 @@ class ApiClient:
         # Only a POST with an Idempotency-Key may be repeated; GETs are safe.
         repeatable = method == "GET" or bool(headers and headers.get("Idempotency-Key"))
         attempt = 0
+        maybe_sent = False  # an earlier attempt may have reached the server
         while True:
             attempt += 1
             self.counts[method] += 1
@@ -458,13 +518,16 @@ class ApiClient:
                         "re-running resumes where this stopped",
                     )
                 if not _retryable_status(code):
-                    raise TaskRejected(code, server_message(response))
+                    raise TaskRejected(code, server_message(response), maybe_sent=maybe_sent)
                 if code == 429 and self.on_throttle is not None:
                     self.on_throttle()
+                elif code != 429:
+                    maybe_sent = True  # a 408 or 5xx: the request may have been acted on
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 reason = f"HTTP {code}: {server_message(response)}"
             except RETRY_EXCEPTIONS as error:
                 self.counts[type(error).__name__] += 1
+                maybe_sent = True  # a timeout or a broken answer: it may have arrived
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             if not repeatable:
                 raise ApiUnavailable(

@@ -15,7 +15,7 @@ With the simulator, both clients speak to the same in-process ASGI app through
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -32,7 +32,7 @@ USER_AGENT = "mvbatch/0.1"
 class Endpoint:
     env: str  # "live" or "sim": the side of the ledger
     base_url: str
-    api_key: str
+    api_key: str = field(repr=False)  # never in a repr, a log line or a traceback
     transport: httpx.AsyncBaseTransport | None = None
 
     @property

@@ -20,7 +20,13 @@ The rules that keep money and work safe, in the order they happen:
 4. The first POST of each price class in a run goes alone: its `cost_estimate`
    confirms (or teaches) the rate before other tasks follow (the rest of the
    batch waits for every class's first answer). A rate that changes re-checks
-   the rest of the plan against the cap.
+   the rest of the plan against the cap. A probe of an assumed rate answered
+   without a `cost_estimate` holds its class until it ends (`cost_actual`).
+6. A 4xx to a POST that may have reached the server before (an intent from an
+   earlier run, or a retry in this call) is `failed` at our estimate, never
+   `rejected` at $0. A 4xx to a poll is retried (bounded), never final at once.
+7. Tasks in flight that an edited manifest dropped are still polled to the
+   end; intents without a task id that it dropped are reported, not lost.
 5. Concurrency (tasks in flight) halves on a 429 and grows back by one per
    window of successful submissions.
 
@@ -44,20 +50,26 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mvbatch import logs
-from mvbatch.client import ApiClient, ApiUnavailable, TaskRejected, TaskState
-from mvbatch.errors import BudgetError, MvbatchError, UsageError
+from mvbatch.client import ApiClient, TaskRejected, TaskState
+from mvbatch.errors import ApiError, BudgetError, MvbatchError, UsageError
 from mvbatch.keys import retry_key
 from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, TaskRow, committed_cost
 from mvbatch.media import FileChangedError
 from mvbatch.planner import Plan, PlannedTask
 from mvbatch.polling import LatencyBook, latency_class, replan_after
-from mvbatch.pricing import MICRO, learn_rate, normalize
+from mvbatch.pricing import MICRO, Estimate, learn_rate, normalize
 
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
 STOP_GRACE = 10.0  # seconds a stopping run waits for POSTs already sent to answer
 THROTTLE_COOLDOWN = 1.0  # one halving per this many seconds, however many 429s arrive
 EMPTY_SUCCESS_POLLS = 3
+# A task id the API says it does not know (404/410, or another 4xx on a GET)
+# may just not be visible yet: it fails only after this many answers in a row
+# spanning at least NOT_FOUND_SPAN seconds.
+NOT_FOUND_POLLS = 5
+NOT_FOUND_SPAN = 120.0
+NOT_FOUND_BACKOFF = (2.0, 60.0)  # first wait after a not-found answer, and the ceiling
 
 OnSucceeded = Callable[[TaskRow], Awaitable[None]]
 log = logs.get("mvbatch.executor")
@@ -278,6 +290,10 @@ class _Job:
     empty_success: int = 0  # polls that said "succeeded" without an output URL
     dispatched: bool = False
     retry: bool = False  # a deliberate resubmission of a failed task
+    prior: Decimal = Decimal(0)  # committed by earlier, superseded attempts
+    resend: bool = False  # found `submitting` in the ledger: a POST may have gone before
+    probe_pending: bool = False  # a probe answered without a price: its class waits
+    orphan: bool = False  # no longer in the manifest: followed to the end, never sent
 
     @property
     def key(self) -> str:
@@ -293,7 +309,9 @@ class _Job:
 
     @property
     def committed(self) -> Decimal:
-        return committed_cost(self.status, self.estimate, self.server_estimate, self.actual)
+        return self.prior + committed_cost(
+            self.status, self.estimate, self.server_estimate, self.actual
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +349,19 @@ class RunResult:
     elapsed: float
     requests: Mapping[str, int]
     failures: tuple[tuple[str, str, str], ...]  # (shot, key, message) of failed tasks
+    # Shots of tasks sent (maybe) by an earlier version of the manifest, with
+    # no task id: they may have been charged and cannot be followed.
+    unfollowed: tuple[str, ...] = ()
+
+    @property
+    def unfollowed_message(self) -> str | None:
+        if not self.unfollowed:
+            return None
+        shots = ", ".join(sorted(set(self.unfollowed)))
+        return (
+            f"{len(self.unfollowed)} task(s) from an earlier version of the manifest may have "
+            f"been charged and cannot be followed: restore shot {shots} to resume them"
+        )
 
     @property
     def failed(self) -> int:
@@ -388,6 +419,7 @@ class Executor:
         self._fatal: BaseException | None = None
         self._started = time.monotonic()
         self._failures: list[tuple[str, str, str]] = []
+        self._unfollowed: list[str] = []
 
     # -- setup
 
@@ -395,9 +427,7 @@ class Executor:
         """Jobs from the plan and the ledger; returns those to resume polling."""
         rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
         planned_keys = {t.key for t in self.plan.tasks}
-        self._others_committed = sum(
-            (r.committed for k, r in rows.items() if k not in planned_keys), Decimal(0)
-        )
+        orphans = self._dropped([r for k, r in rows.items() if k not in planned_keys])
         resubmit: list[_Job] = []
         new: list[_Job] = []
         retries: list[_Job] = []
@@ -410,6 +440,7 @@ class Executor:
                 job.status, job.attempt, job.submit_key = row.status, row.attempt, row.submit_key
                 job.task_id, job.server_estimate = row.task_id, row.cost_estimate
                 job.actual, job.error, job.polls = row.cost_actual, row.error, row.polls
+                job.prior, job.resend = row.cost_prior, row.status == "submitting"
                 if row.submitted_at:
                     age = wall - datetime.fromisoformat(row.submitted_at).timestamp()
                     job.since = mono - max(0.0, age)
@@ -435,12 +466,46 @@ class Executor:
                 self._failures.append((task.shot, task.key, job.error or job.status))
             if job.status == "succeeded" and job.actual is not None:
                 self._spent += job.actual
+        for row in orphans:
+            job = _orphan_job(row, wall, mono)
+            log.info("task.orphan_followed", key=row.key, shot=row.shot, task_id=row.task_id)
+            self._jobs.append(job)
+            self.counts[job.status] += 1
+            self._committed += job.committed
+            polling.append(job)
         # Unanswered POSTs first (they are already paid for, if anything),
         # then new tasks, then deliberate retries.
         self._queue.extend(resubmit)
         self._queue.extend(interleave(new))
         self._queue.extend(interleave(retries))
         return polling
+
+    def _dropped(self, dropped: list[TaskRow]) -> list[TaskRow]:
+        """Rows of this manifest that the plan no longer has; returns those to follow.
+
+        In flight with a task id: polled to the end (and downloaded). Intent
+        without a task id: cannot be rebuilt from the ledger, so reported.
+        """
+        orphans = [r for r in dropped if r.status in IN_FLIGHT and r.task_id]
+        orphan_keys = {r.key for r in orphans}
+        self._others_committed = sum(
+            (r.committed for r in dropped if r.key not in orphan_keys), Decimal(0)
+        )
+        lost = [r for r in dropped if r.status == "submitting" and not r.task_id]
+        if lost:
+            self._unfollowed = [r.shot for r in lost]
+            log.warning(
+                "run.unfollowed",
+                manifest=self.plan.name,
+                tasks=len(lost),
+                shots=sorted({r.shot for r in lost}),
+                keys=[r.key for r in lost],
+                message=(
+                    "tasks from an earlier version of the manifest may have been charged and "
+                    "cannot be followed; restore their shots to resume them"
+                ),
+            )
+        return orphans
 
     # -- bookkeeping
 
@@ -580,6 +645,7 @@ class Executor:
             elapsed=time.monotonic() - self._started,
             requests=dict(self.client.counts),
             failures=tuple(self._failures),
+            unfollowed=tuple(self._unfollowed),
         )
 
     async def _wait(self) -> None:
@@ -657,34 +723,20 @@ class Executor:
             )
 
     def _launch(self, job: _Job) -> None:
-        """Record the intent, then start the POST. Synchronous up to the POST itself."""
-        try:
-            payload = job.task.payload()
-        except FileChangedError as error:
-            self._fail_run(
-                UsageError(
-                    f"{error}: nothing more was submitted",
-                    hint="run `mvbatch plan` again, then `mvbatch run`",
-                )
-            )
-            return
+        """Take a slot and start the job's driver: it builds the payload, records
+        the intent, then POSTs (`_post`). The job counts as committed from now."""
         previous = job.status
         if job.retry and previous in FAILED:
             job.attempt += 1
             job.submit_key = retry_key(job.key, job.attempt)
             job.retry = False
-        self.ledger.record_intent(
-            self.env,
-            job.key,
-            previous=previous,
-            submit_key=job.submit_key,
-            attempt=job.attempt,
-            run_id=self.run_id,
-        )
         if previous in FAILED:
+            # The superseded attempt's cost stays committed (the ledger moves
+            # it into cost_prior with the intent).
             self._set(
                 job,
                 "submitting",
+                prior=job.committed,
                 task_id=None,
                 server_estimate=None,
                 actual=None,
@@ -695,13 +747,41 @@ class Executor:
         else:
             self._set(job, "submitting")
         job.dispatched = True
-        _crash_point("after_intent")
         self.limit.acquire()
-        self._start(job, payload)
+        self._start(job, previous)
 
-    def _start(self, job: _Job, payload: dict[str, Any] | None) -> None:
-        job.posting = payload is not None
-        task = asyncio.create_task(self._drive(job, payload), name=f"task {job.key}")
+    async def _intent(self, job: _Job, previous: str) -> dict[str, Any] | None:
+        """Build the payload (off the event loop: local files are hashed and
+        encoded), then commit the intent. None when a local file changed."""
+        try:
+            payload = await asyncio.to_thread(job.task.payload)
+        except FileChangedError as error:
+            self._set(job, previous)
+            self._fail_run(
+                UsageError(
+                    f"{error}: nothing more was submitted",
+                    hint="run `mvbatch plan` again, then `mvbatch run`",
+                )
+            )
+            return None
+        if self._stopping:  # stopped while the payload was built: nothing was sent
+            self._set(job, previous)
+            return None
+        self.ledger.record_intent(
+            self.env,
+            job.key,
+            previous=previous,
+            submit_key=job.submit_key,
+            attempt=job.attempt,
+            run_id=self.run_id,
+        )
+        _crash_point("after_intent")
+        return payload
+
+    def _start(self, job: _Job, previous: str | None) -> None:
+        """`previous`: the status before the intent, when the job is to be POSTed."""
+        job.posting = previous is not None
+        task = asyncio.create_task(self._drive(job, previous), name=f"task {job.key}")
         self._drivers[task] = job
 
     async def _drain(self) -> None:
@@ -720,9 +800,11 @@ class Executor:
                 return
             await asyncio.wait(list(self._drivers), return_when=asyncio.FIRST_COMPLETED)
 
-    async def _drive(self, job: _Job, payload: dict[str, Any] | None) -> None:
+    async def _drive(self, job: _Job, previous: str | None) -> None:
         try:
-            if payload is not None and not await self._post(job, payload):
+            # The payload (data URIs can be tens of MB) lives only inside
+            # `_post`: it is not kept while the task is polled.
+            if previous is not None and not await self._post(job, previous):
                 return
             if job.status in IN_FLIGHT and not self._stopping:
                 await self._poll(job)
@@ -741,13 +823,27 @@ class Executor:
 
     # -- one task
 
-    async def _post(self, job: _Job, payload: dict[str, Any]) -> bool:
-        """POST and record the answer. False when the task is over (rejected)."""
+    async def _post(self, job: _Job, previous: str) -> bool:
+        """Intent, POST and record the answer. False when the task is over (rejected)."""
         task = job.task
         probe = job.price_class in self._probing and job.price_class not in self._confirmed
+        resend = job.resend or previous == "submitting"
         try:
-            state = await self.client.submit(payload["model"], payload["input"], job.submit_key)
+            payload = await self._intent(job, previous)
+            if payload is None:
+                if probe:
+                    self._release_probe(job.price_class, confirmed=False)
+                return False
+            model, body = payload["model"], payload["input"]
+            del payload
+            state = await self.client.submit(model, body, job.submit_key)
+            del body
         except TaskRejected as rejected:
+            if resend or rejected.maybe_sent:
+                self._refused_resend(job, rejected)
+                if probe:
+                    self._release_probe(job.price_class, confirmed=False)
+                return False
             self.ledger.record_rejected(
                 self.env,
                 job.key,
@@ -775,12 +871,26 @@ class Executor:
         self._submitted += 1
         if self.limit.succeeded():
             log.info("concurrency.raised", limit=self.limit.limit)
+        job.resend = False
         if state.cost_estimate is not None:
             # The task now stands for the server's estimate; then the rest of
             # its class is re-priced (and the plan re-checked) from it.
             self._set(job, server_estimate=state.cost_estimate)
             self._learn(job, state.cost_estimate)
-        if probe or job.price_class not in self._confirmed:
+        if (
+            probe
+            and state.cost_estimate is None
+            and task.estimate.source
+            not in (
+                "documented",
+                "learned",
+            )
+        ):
+            # No price in the answer and only an assumed rate: the rest of the
+            # class keeps waiting until this task ends (its cost_actual).
+            job.probe_pending = True
+            log.info("budget.probe_unpriced", price_class=job.price_class, key=job.key)
+        elif probe or job.price_class not in self._confirmed:
             self._release_probe(job.price_class, confirmed=True)
         if state.terminal and not (state.status == "succeeded" and not state.urls):
             self._finish(job, state, at_post=True)
@@ -815,10 +925,45 @@ class Executor:
         )
         return True
 
+    def _refused_resend(self, job: _Job, rejected: TaskRejected) -> None:
+        """A 4xx to a POST that may have reached the server before: maybe charged.
+
+        Never `rejected` ($0): `failed`, with our estimate kept as committed
+        spend, and never sent again by this run.
+        """
+        task = job.task
+        message = (
+            f"the server refused a re-send of this task (HTTP {rejected.status_code}: "
+            f"{rejected.message}); the first send may have created and charged it — it was "
+            "not submitted again"
+        )
+        estimate = job.server_estimate if job.server_estimate is not None else job.estimate
+        self.ledger.record_refused_resend(
+            self.env,
+            job.key,
+            error=message,
+            http_status=rejected.status_code,
+            estimate=estimate,
+            run_id=self.run_id,
+        )
+        self._set(job, "failed", server_estimate=estimate, error=message)
+        self._failures.append((task.shot, job.key, message))
+        log.warning(
+            "task.resend_refused",
+            key=job.key,
+            shot=task.shot,
+            model=task.model,
+            http_status=rejected.status_code,
+            error=rejected.message,
+            committed=str(estimate),
+        )
+
     async def _poll(self, job: _Job) -> None:
         name = job.latency_class
         assert job.task_id is not None
         not_before = 0.0  # monotonic: a Retry-After the server sent with its answer
+        missing = 0  # not-found (or other 4xx) answers in a row
+        missing_since = 0.0  # monotonic time of the first of them
         while True:
             now = time.monotonic()
             elapsed = now - job.since
@@ -836,15 +981,19 @@ class Executor:
             try:
                 state = await self.client.get(job.task_id)
             except TaskRejected as rejected:
-                # The API no longer knows the task (404) or refuses to show it:
-                # nothing to poll. Failing it (not resubmitting) spends nothing;
-                # --retry-failed resubmits it under a new key.
-                message = (
-                    f"the API no longer answers for task {job.task_id} "
-                    f"(HTTP {rejected.status_code}: {rejected.message})"
-                )
-                self._finish(job, TaskState(job.task_id, "failed", error=message))
-                return
+                # A task just created may not be visible yet (eventual
+                # consistency), and a 4xx on one GET says nothing certain:
+                # keep polling, with backoff; fail only when the answer
+                # persists over NOT_FOUND_POLLS answers and NOT_FOUND_SPAN s.
+                now = time.monotonic()
+                missing_since = now if missing == 0 else missing_since
+                missing += 1
+                if self._not_found(job, rejected, missing, now - missing_since):
+                    return
+                first, ceiling = NOT_FOUND_BACKOFF
+                not_before = now + min(ceiling, first * 2 ** (missing - 1))
+                continue
+            missing = 0
             job.polls += 1
             if state.status == "succeeded" and not state.urls:
                 # Succeeded without an output URL: ask again a few times, then
@@ -874,6 +1023,32 @@ class Executor:
                     run_id=self.run_id,
                 )
                 self._set(job, status)
+
+    def _not_found(self, job: _Job, rejected: TaskRejected, missing: int, span: float) -> bool:
+        """One more 4xx to a poll; True when it has persisted long enough to fail the task."""
+        assert job.task_id is not None
+        job.polls += 1
+        log.info(
+            "task.poll_refused",
+            key=job.key,
+            task_id=job.task_id,
+            http_status=rejected.status_code,
+            error=rejected.message,
+            in_a_row=missing,
+        )
+        if missing < NOT_FOUND_POLLS or span < NOT_FOUND_SPAN:
+            return False
+        what = (
+            "the server no longer knows the task id"
+            if rejected.status_code in (404, 410)
+            else "the server keeps refusing to show the task"
+        )
+        message = (
+            f"{what} {job.task_id} (HTTP {rejected.status_code}: {rejected.message}; "
+            f"{missing} answers in a row over {span:.0f}s); it may still have been charged"
+        )
+        self._finish(job, TaskState(job.task_id, "failed", error=message))
+        return True
 
     def _finish(self, job: _Job, state: TaskState, at_post: bool = False) -> None:
         """Record a terminal status, its cost, outputs and latency in one transaction."""
@@ -918,6 +1093,8 @@ class Executor:
         )
         self.latency.observe(job.latency_class, latency, job.key)
         self._finished_in_run += 1
+        if job.probe_pending:
+            self._settle_probe(job, state.cost_actual)
         if succeeded:
             self._spent += actual or Decimal(0)
             log.info(
@@ -953,7 +1130,7 @@ class Executor:
             return
         try:
             events = await self.client.events(job.task_id)
-        except (TaskRejected, ApiUnavailable) as error:
+        except (TaskRejected, ApiError) as error:
             log.info("task.events_unavailable", key=job.key, error=str(error))
             return
         self.ledger.record_server_events(self.env, job.key, events)
@@ -1010,6 +1187,21 @@ class Executor:
         held = set(map(id, pending))
         self._queue = deque(j for j in self._queue if id(j) not in held)
 
+    def _settle_probe(self, job: _Job, cost_actual: Decimal | None) -> None:
+        """A probe that answered without a price has ended: learn from its
+        actual cost if it has one, else release its class at the assumed rate."""
+        job.probe_pending = False
+        if cost_actual is not None:
+            self._learn(job, cost_actual)
+        else:
+            log.warning(
+                "budget.unconfirmed_rate",
+                price_class=job.price_class,
+                key=job.key,
+                assumed=str(job.estimate),
+            )
+        self._release_probe(job.price_class, confirmed=True)
+
     def _release_probe(self, price_class: str, confirmed: bool) -> None:
         """The first POST of a class answered: the rest of the class may follow.
 
@@ -1063,6 +1255,37 @@ def interleave(jobs: list[_Job]) -> list[_Job]:
             order.append(queue.popleft())
         queues = [q for q in queues if q]
     return order
+
+
+def _orphan_job(row: TaskRow, wall: float, mono: float) -> _Job:
+    """A task in flight that the edited manifest no longer has: polled to the end."""
+    seconds = row.seconds if row.seconds is not None else Decimal(0)
+    estimate = Estimate(
+        row.estimate_local,
+        row.estimate_source,  # type: ignore[arg-type]
+        row.price_class,
+        seconds,
+        row.upper_bound,
+    )
+    task = PlannedTask(
+        key=row.key,
+        manifest=row.manifest,
+        shot=row.shot,
+        shots=tuple(row.shots),
+        variant=tuple(row.variant.items()),
+        take=row.take,
+        model=row.model,
+        input=row.input,
+        estimate=estimate,
+    )
+    job = _Job(task, row.status, row.attempt, row.submit_key, row.estimate_local)
+    job.task_id, job.server_estimate = row.task_id, row.cost_estimate
+    job.actual, job.error, job.polls = row.cost_actual, row.error, row.polls
+    job.prior, job.orphan, job.dispatched = row.cost_prior, True, True
+    if row.submitted_at:
+        age = wall - datetime.fromisoformat(row.submitted_at).timestamp()
+        job.since = mono - max(0.0, age)
+    return job
 
 
 def _text(value: Decimal | None) -> str | None:

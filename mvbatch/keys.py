@@ -6,7 +6,7 @@ digest) over the canonical JSON of
     {"manifest": <name>, "model": <slug>, "input": <resolved input>, "take": <n>}
 
 Canonical JSON: keys sorted at every level, no insignificant white space,
-UTF-8 without escaping, local files replaced by `{"$file": "sha256:<hex>"}`.
+UTF-8 without escaping, local files replaced by `{"$file": "sha256:<hex>", "type": <media type>}`.
 The same content gives the same key on any machine, any day; any change gives
 a new key. The `mvb1` tag names both the recipe and the algorithm: changing
 either is a new tag (and a ledger migration), never a silent refactor, because

@@ -136,6 +136,7 @@ def m001_initial(db: sqlite_utils.Database) -> None:
             request_id TEXT,
             cost_estimate TEXT,
             cost_actual TEXT,
+            cost_prior TEXT NOT NULL DEFAULT '0',
             error TEXT,
             server_events TEXT,
             submissions INTEGER NOT NULL DEFAULT 0,
@@ -238,6 +239,8 @@ class TaskRow:
     started_at: str | None
     finished_at: str | None
     updated_at: str
+    # What earlier, superseded attempts (`--retry-failed`) committed us to spend.
+    cost_prior: Decimal = Decimal(0)
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> TaskRow:
@@ -277,6 +280,7 @@ class TaskRow:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             updated_at=row["updated_at"],
+            cost_prior=Decimal(row["cost_prior"] or "0"),
         )
 
     @property
@@ -286,7 +290,7 @@ class TaskRow:
     @property
     def committed(self) -> Decimal:
         """What this task has committed us to spend, as best the ledger knows."""
-        return committed_cost(
+        return self.cost_prior + committed_cost(
             self.status, self.estimate_local, self.cost_estimate, self.cost_actual
         )
 
@@ -542,17 +546,24 @@ class Ledger:
 
         A new attempt (`--retry-failed`) forgets the previous attempt's task
         id, costs and error in the same transaction, so the row never mixes two
-        attempts; the events keep the history.
+        attempts; the events keep the history. What the superseded attempt
+        committed us to spend (its actual cost, else the estimate it was
+        given) moves into `cost_prior`: a retry never erases money spent.
         """
         stamp = now()
         with self.transaction() as db:
             if attempt > 0 and previous in FAILED:
+                rows = list(db.query("SELECT * FROM tasks WHERE env = ? AND key = ?", [env, key]))
+                prior = Decimal(0)
+                if rows:
+                    old = TaskRow.from_row(rows[0])
+                    prior = old.committed  # cost_prior + what the old attempt stands for
                 db.execute(
                     "UPDATE tasks SET task_id = NULL, request_id = NULL, cost_estimate = "
                     "NULL, cost_actual = NULL, error = NULL, server_events = NULL, "
-                    "started_at = NULL, finished_at = NULL, submitted_at = NULL "
-                    "WHERE env = ? AND key = ?",
-                    [env, key],
+                    "started_at = NULL, finished_at = NULL, submitted_at = NULL, "
+                    "cost_prior = ? WHERE env = ? AND key = ?",
+                    [_money(prior) or "0", env, key],
                 )
                 db.execute("DELETE FROM outputs WHERE env = ? AND key = ?", [env, key])
             db.execute(
@@ -725,6 +736,46 @@ class Ledger:
                 status="rejected",
                 stamp=stamp,
                 detail={"error": error, "http_status": http_status},
+            )
+
+    def record_refused_resend(
+        self,
+        env: str,
+        key: str,
+        *,
+        error: str,
+        http_status: int | None,
+        estimate: Decimal,
+        run_id: int | None,
+    ) -> None:
+        """A 4xx to a POST that may have reached the server before (a re-send).
+
+        The first send may have created and charged the task: it ends `failed`,
+        never `rejected`, and keeps `estimate` (ours, when the server gave none)
+        as committed spend.
+        """
+        stamp = now()
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE tasks SET status = 'failed', error = ?, "
+                "cost_estimate = coalesce(cost_estimate, ?), finished_at = ?, "
+                "updated_at = ? WHERE env = ? AND key = ?",
+                [error, _money(estimate), stamp, stamp, env, key],
+            )
+            self._transition(
+                db,
+                env,
+                key,
+                run_id=run_id,
+                previous="submitting",
+                status="failed",
+                stamp=stamp,
+                detail={
+                    "error": error,
+                    "http_status": http_status,
+                    "maybe_sent": True,
+                    "cost_estimate_local": _money(estimate),
+                },
             )
 
     def record_server_events(self, env: str, key: str, server_events: Any) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -33,11 +34,18 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
 
 
+# Shapes of credentials that must never be written even when this process was
+# not told the key (a server echoing a header back, a report written later).
+_CREDENTIAL_SHAPES = re.compile(
+    r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{6,}|\bmv_(?:live|test)_[A-Za-z0-9_-]+"
+)
+
+
 def redact_text(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    return text
+    return _CREDENTIAL_SHAPES.sub(REDACTED, text)
 
 
 def _redact_value(value: Any) -> Any:
@@ -94,6 +102,9 @@ def configure(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        # Tracebacks become plain text (no local variables, which could hold
+        # request headers) before redaction sees them.
+        structlog.processors.format_exc_info,
         redact,
     ]
     shutdown()
@@ -107,7 +118,9 @@ def configure(
     def route(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
         # The file keeps everything from info up as JSON; the console only
         # what passes its own level, rendered for a person or a machine.
-        json_line = structlog.processors.JSONRenderer()(_logger, method, dict(event))
+        json_line = redact_text(
+            str(structlog.processors.JSONRenderer()(_logger, method, dict(event)))
+        )
         loud = logging.getLevelNamesMapping().get(method.upper(), logging.INFO) >= threshold
         if handle is not None:
             print(json_line, file=handle, flush=True)
@@ -115,7 +128,10 @@ def configure(
             raise structlog.DropEvent
         if use_json:
             return json_line
-        return structlog.dev.ConsoleRenderer(colors=tty)(_logger, method, event)
+        rendered = structlog.dev.ConsoleRenderer(
+            colors=tty, exception_formatter=structlog.dev.plain_traceback
+        )(_logger, method, event)
+        return redact_text(str(rendered))
 
     structlog.configure(
         processors=[*shared, route],

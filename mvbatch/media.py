@@ -33,7 +33,10 @@ class LocalFile:
     media_type: str
 
     def canonical(self) -> dict[str, str]:
-        return {"$file": f"sha256:{self.sha256}"}
+        # The media type is part of what is sent (the data: URI's prefix), so
+        # it is part of the key: renaming a.jpg to a.png changes the payload,
+        # and an unchanged key with a changed payload would earn a 409.
+        return {"$file": f"sha256:{self.sha256}", "type": self.media_type}
 
     def describe(self) -> str:
         return f"@{self.display} (sha256:{self.sha256[:12]}, {self.size} bytes)"

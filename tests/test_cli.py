@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from mvbatch import cli
@@ -74,3 +75,25 @@ def test_module_entry_point_runs() -> None:
     )
     assert done.returncode == 0
     assert "plan" in done.stdout
+
+
+@pytest.mark.parametrize(("raised", "exit_code"), [(KeyboardInterrupt, 130), (EOFError, 3)])
+def test_confirmation_prompt_abort_maps_to_contract_codes(
+    monkeypatch: pytest.MonkeyPatch, raised: type[BaseException], exit_code: int
+) -> None:
+    from types import SimpleNamespace
+
+    from mvbatch.errors import MvbatchError
+
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+
+    def prompt(*_args: object, **_kwargs: object) -> bool:
+        try:
+            raise raised
+        except raised:
+            raise typer.Abort() from None
+
+    monkeypatch.setattr("typer.confirm", prompt)
+    with pytest.raises(MvbatchError) as caught:
+        cli._confirm(SimpleNamespace(projected=1, cap=None))
+    assert caught.value.exit_code == exit_code

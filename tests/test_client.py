@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -370,3 +371,70 @@ async def test_a_wrong_key_against_the_simulator_is_an_auth_error() -> None:
     async with sim.api(key="not-a-key") as client:
         with pytest.raises(AuthError):
             await client.get("task_x")
+
+
+async def test_the_post_body_is_canonical_json_whatever_the_key_order() -> None:
+    handler, seen = sequence(ok())
+    client, _ = client_for(handler)
+    await client.submit("m", {"b": 1, "a": {"z": "é", "y": 2}}, "mvb1-k")
+    await client.submit("m", {"a": {"y": 2, "z": "é"}, "b": 1}, "mvb1-k")
+    assert seen[0].content == seen[1].content
+    assert seen[0].content == '{"input":{"a":{"y":2,"z":"é"},"b":1},"model":"m"}'.encode()
+    assert seen[0].headers["Content-Type"] == "application/json"
+
+
+async def test_a_4xx_after_a_retry_says_the_post_may_have_been_sent() -> None:
+    for first in (httpx.ReadTimeout("slow"), httpx.Response(503)):
+        handler, seen = sequence(first, httpx.Response(409, json={"error": "key reused"}))
+        client, _ = client_for(handler)
+        with pytest.raises(TaskRejected) as caught:
+            await client.submit("m", {"prompt": "p"}, "mvb1-k")
+        assert caught.value.maybe_sent
+        assert len(seen) == 2
+    handler, _ = sequence(httpx.Response(422, json={"error": "bad"}))
+    client, _ = client_for(handler)
+    with pytest.raises(TaskRejected) as caught:
+        await client.submit("m", {"prompt": "p"}, "mvb1-k")
+    assert not caught.value.maybe_sent
+
+
+def test_numeric_task_and_request_ids_are_accepted() -> None:
+    state = parse_task({"task_id": 12345, "request_id": 7, "status": "queued"})
+    assert (state.task_id, state.request_id) == ("12345", "7")
+
+
+async def test_events_is_one_attempt_with_a_deadline_and_keeps_text() -> None:
+    budget = RetryBudget()
+    handler, seen = sequence(httpx.Response(503))
+    client, _ = client_for(handler, budget=budget)
+    with pytest.raises(ApiUnavailable):
+        await client.events("task_1")
+    assert len(seen) == 1
+    assert budget.tokens == budget.reserve  # no retry budget spent
+    handler, _ = sequence(httpx.Response(200, content=b"not json " + b"x" * 100_000))
+    client, _ = client_for(handler)
+    text = await client.events("task_1")
+    assert isinstance(text, str)
+    assert text.startswith("not json")
+    assert len(text) <= 4096
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return ok()
+
+    http = httpx.AsyncClient(transport=httpx.MockTransport(slow), base_url="https://api.test/")
+    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    with pytest.raises(ApiUnavailable, match="did not answer"):
+        await client.events("task_1", deadline=0.05)
+
+
+async def test_server_messages_echoing_a_credential_are_redacted() -> None:
+    from mvbatch.client import server_message
+
+    response = httpx.Response(
+        400,
+        json={"error": {"message": "bad request; headers: Authorization=Bearer mv_live_abc123XYZ"}},
+    )
+    message = server_message(response)
+    assert "mv_live_abc123XYZ" not in message
+    assert "bad request" in message

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
@@ -21,12 +23,13 @@ from run_helpers import (
 )
 from structlog.testing import capture_logs
 
+from mvbatch import executor as executor_module
 from mvbatch.client import ApiClient, RetryPolicy
 from mvbatch.errors import AuthError
 from mvbatch.executor import AdaptiveLimit, Executor, RunResult, effective_cap, preflight
 from mvbatch.keys import retry_key
 from mvbatch.ledger import Ledger, TaskRow
-from mvbatch.planner import Plan
+from mvbatch.planner import Plan, PlannedTask
 from mvbatch.polling import LatencyBook, latency_class
 
 pytestmark = pytest.mark.anyio
@@ -180,7 +183,11 @@ async def test_a_task_in_flight_is_polled_and_never_posted_again(tmp_path: Path)
     assert ledger.task("sim", running.key).task_id == "task_running"  # type: ignore[union-attr]
 
 
-async def test_a_task_the_api_no_longer_knows_is_failed_not_resubmitted(tmp_path: Path) -> None:
+async def test_a_task_the_api_no_longer_knows_is_failed_not_resubmitted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(executor_module, "NOT_FOUND_SPAN", 0.3)
+    monkeypatch.setattr(executor_module, "NOT_FOUND_BACKOFF", (0.02, 0.1))
     plan = plan_of(tmp_path, 1)
     ledger = prepare_ledger(tmp_path / "state", plan)
     key = plan.tasks[0].key
@@ -195,17 +202,83 @@ async def test_a_task_the_api_no_longer_knows_is_failed_not_resubmitted(tmp_path
         run_id=None,
     )
     ledger.close()
+    gets: list[float] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.method == "GET"
+        gets.append(time.monotonic())
         return httpx.Response(404, json={"error": {"message": "No task 'task_gone'."}})
 
     result, ledger = await run(tmp_path, plan, scripted(handler), latencies=quick_book(plan))
     row = ledger.task("sim", key)
     assert row is not None
     assert row.status == "failed"
-    assert "no longer answers for task task_gone" in (row.error or "")
+    assert "the server no longer knows the task id task_gone" in (row.error or "")
     assert "No task 'task_gone'." in (row.error or "")
+    assert result.failed == 1
+    assert len(gets) >= 5
+    assert gets[-1] - gets[0] >= 0.3
+    assert row.committed == Decimal("0.0414")  # it may still have been charged
+
+
+@pytest.mark.parametrize("status", [404, 410, 400])
+async def test_a_4xx_on_one_poll_does_not_fail_a_running_task(tmp_path: Path, status: int) -> None:
+    plan = plan_of(tmp_path, 1)
+    gets: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json=task_body("task_1", "queued"))
+        gets.append(request.url.path)
+        if len(gets) <= 2:
+            return httpx.Response(status, json={"error": {"message": "task not found"}})
+        return httpx.Response(200, json=task_body("task_1"))
+
+    result, _ = await run(tmp_path, plan, scripted(handler), latencies=quick_book(plan))
+    assert result.counts == {"succeeded": 1}
+    assert len(gets) == 3
+
+
+# ------------------------------------------------------------------ maybe-sent refusals
+
+
+async def test_a_4xx_to_a_resent_post_is_failed_with_its_cost_not_rejected(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 1)
+    posts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        posts.append(request.headers["Idempotency-Key"])
+        if len(posts) == 1:
+            raise httpx.ReadTimeout("the answer was lost")
+        return httpx.Response(409, json={"error": {"message": "key reused"}})
+
+    result, ledger = await run(tmp_path, plan, scripted(handler))
+    row = ledger.task("sim", plan.tasks[0].key)
+    assert row is not None
+    assert row.status == "failed"
+    assert row.committed == plan.tasks[0].estimate.cost
+    assert "the server refused a re-send of this task (HTTP 409" in (row.error or "")
+    assert "may have created and charged it" in (row.error or "")
+    assert result.committed == plan.tasks[0].estimate.cost
+    assert len(posts) == 2
+
+
+async def test_a_4xx_to_an_earlier_runs_intent_is_failed_with_its_cost(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 1)
+    ledger = prepare_ledger(tmp_path / "state", plan)
+    key = plan.tasks[0].key
+    ledger.record_intent("sim", key, previous="planned", submit_key=key, attempt=0, run_id=None)
+    ledger.close()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"error": {"message": "content changed"}})
+
+    result, ledger = await run(tmp_path, plan, scripted(handler))
+    row = ledger.task("sim", key)
+    assert row is not None
+    assert row.status == "failed"
+    assert row.committed == plan.tasks[0].estimate.cost
+    assert "refused a re-send" in (row.error or "")
     assert result.failed == 1
 
 
@@ -520,3 +593,119 @@ def test_the_lowest_cap_wins() -> None:
     assert effective_cap(None, Decimal(3)) == Decimal(3)
     assert effective_cap(Decimal(5), None) == Decimal(5)
     assert effective_cap(None, None) is None
+
+
+async def test_retry_failed_keeps_the_failed_attempts_cost_committed(tmp_path: Path) -> None:
+    plan = plan_of(tmp_path, 1)
+    posts: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            posts.append(request.headers["Idempotency-Key"])
+            return httpx.Response(200, json=task_body(f"task_{len(posts)}", "queued", cost=0.05))
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, json={"events": []})
+        task_id = request.url.path.rsplit("/", 1)[1]
+        if task_id == "task_1":
+            return httpx.Response(200, json=task_body(task_id, "failed", cost=0.05))
+        return httpx.Response(200, json=task_body(task_id, cost=0.05))
+
+    await run(tmp_path, plan, scripted(handler), latencies=quick_book(plan))
+    result, ledger = await run(
+        tmp_path, plan, scripted(handler), latencies=quick_book(plan), retry_failed=True
+    )
+    row = ledger.task("sim", plan.tasks[0].key)
+    assert row is not None
+    assert row.status == "succeeded"
+    assert row.cost_prior == Decimal("0.05")
+    assert row.committed == Decimal("0.10")
+    assert result.committed == Decimal("0.10")
+    check = preflight(plan, {row.key: row}, None)
+    assert check.committed == Decimal("0.10")
+
+
+async def test_a_probe_without_a_price_holds_its_class_until_it_ends(tmp_path: Path) -> None:
+    plan = planned(write_manifest(tmp_path, "t", shots(3, "pro", input=PRO)), tmp_path / "state")
+    events: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            key = request.headers["Idempotency-Key"]
+            events.append("post")
+            body = task_body("task_" + key[-6:], "queued")
+            del body["cost_estimate"]
+            return httpx.Response(200, json=body)
+        events.append("done")
+        return httpx.Response(200, json=task_body(request.url.path.rsplit("/", 1)[1], cost=0.058))
+
+    result, ledger = await run(
+        tmp_path, plan, scripted(handler), latencies=quick_book(plan), concurrency=8
+    )
+    assert result.counts == {"succeeded": 3}
+    assert events[:2] == ["post", "done"]  # the others waited for the probe to end
+    assert ledger.rates("sim") == {'kling-v2-6 {"audio":false,"mode":"pro"}': Decimal("0.0116")}
+
+
+async def test_tasks_dropped_from_the_manifest_are_followed_or_reported(tmp_path: Path) -> None:
+    old = plan_of(tmp_path, 3)
+    ledger = prepare_ledger(tmp_path / "state", old)
+    in_flight, lost = old.tasks[1], old.tasks[2]
+    for task in (in_flight, lost):
+        ledger.record_intent(
+            "sim", task.key, previous="planned", submit_key=task.key, attempt=0, run_id=None
+        )
+    ledger.record_submitted(
+        "sim",
+        in_flight.key,
+        task_id="task_old",
+        request_id=None,
+        status="queued",
+        cost_estimate=Decimal("0.0414"),
+        run_id=None,
+    )
+    ledger.close()
+    new = plan_of(tmp_path, 1)
+    assert new.tasks[0].key == old.tasks[0].key
+    hooked: list[str] = []
+
+    async def hook(row: TaskRow) -> None:
+        hooked.append(row.key)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json=task_body("task_new", "queued"))
+        return httpx.Response(200, json=task_body(request.url.path.rsplit("/", 1)[1]))
+
+    with capture_logs() as logs:
+        result, ledger = await run(
+            tmp_path, new, scripted(handler), latencies=quick_book(old), on_succeeded=hook
+        )
+    row = ledger.task("sim", in_flight.key)
+    assert row is not None
+    assert row.status == "succeeded"
+    assert sorted(hooked) == sorted([new.tasks[0].key, in_flight.key])
+    assert result.unfollowed == (lost.shot,)
+    assert result.unfollowed_message is not None
+    assert f"restore shot {lost.shot}" in result.unfollowed_message
+    assert "1 task(s) from an earlier version of the manifest may have been charged" in (
+        result.unfollowed_message
+    )
+    assert any(e["event"] == "run.unfollowed" for e in logs)
+
+
+async def test_the_payload_is_built_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plan_of(tmp_path, 2)
+    threads: list[str] = []
+    build = PlannedTask.payload
+
+    def payload(self: PlannedTask) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return build(self)
+
+    monkeypatch.setattr(PlannedTask, "payload", payload)
+    result, _ = await run(tmp_path, plan, InProcessSim(speed=0).api())
+    assert result.counts == {"succeeded": 2}
+    assert len(threads) == 2
+    assert threading.main_thread().name not in threads

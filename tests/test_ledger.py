@@ -317,3 +317,57 @@ def test_a_failed_step_leaves_nothing_behind(ledger: Ledger) -> None:
 def test_plan_states_read_without_a_ledger_file(tmp_path: Path) -> None:
     assert ledger_module.plan_states(tmp_path / "none", "demo", ["k"], ENV) == {}
     assert not (tmp_path / "none").exists()
+
+
+def test_a_retry_keeps_what_the_failed_attempt_cost_in_cost_prior(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.record_submitted(
+        ENV,
+        "mvb1-a",
+        task_id="task_1",
+        request_id=None,
+        status="queued",
+        cost_estimate=Decimal("0.05"),
+        run_id=None,
+    )
+    ledger.record_finished(
+        ENV,
+        "mvb1-a",
+        previous="queued",
+        status="failed",
+        cost_estimate=None,
+        cost_actual=None,  # not refunded as far as we know: the estimate stands
+        error="boom",
+        urls=[],
+        polls=1,
+        latency=None,
+        run_id=None,
+    )
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="failed", submit_key="mvb1-r1", attempt=1, run_id=None
+    )
+    retried = ledger.task(ENV, "mvb1-a")
+    assert retried is not None
+    assert retried.cost_prior == Decimal("0.05")
+    assert retried.committed == Decimal("0.05") + retried.estimate_local
+    ledger.record_rejected(ENV, "mvb1-a", error="no", http_status=422, run_id=None)
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="rejected", submit_key="mvb1-r2", attempt=2, run_id=None
+    )
+    again = ledger.task(ENV, "mvb1-a")
+    assert again is not None
+    assert again.cost_prior == Decimal("0.05")  # a rejection added nothing, lost nothing
+
+
+def test_a_refused_resend_is_failed_and_keeps_the_estimate(ledger: Ledger) -> None:
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.record_refused_resend(
+        ENV, "mvb1-a", error="refused", http_status=409, estimate=Decimal("0.2"), run_id=None
+    )
+    task = ledger.task(ENV, "mvb1-a")
+    assert task is not None
+    assert (task.status, task.committed) == ("failed", Decimal("0.2"))

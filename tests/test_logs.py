@@ -70,3 +70,27 @@ def test_exceptions_in_fields_are_redacted() -> None:
 def test_short_values_are_not_treated_as_secrets() -> None:
     logs.register_secret("abc")
     assert logs.redact_text("abc def") == "abc def"
+
+
+def test_credentials_are_redacted_even_when_not_registered() -> None:
+    text = "proxy said: Authorization=Bearer abc.def-123456 for mv_live_Zx9_q and mv_test_1"
+    redacted = logs.redact_text(text)
+    assert "abc.def-123456" not in redacted
+    assert "mv_live_Zx9_q" not in redacted
+    assert "mv_test_1" not in redacted
+    assert "mv_sim_local" in logs.redact_text("mv_sim_local")  # the simulator's key is public
+
+
+def test_logged_tracebacks_are_plain_and_redacted() -> None:
+    logs.register_secret(SECRET)
+    stream = io.StringIO()
+    logs.configure("console", "info", stream=stream)
+    headers = {"authorization": f"Bearer {SECRET}"}
+    try:
+        raise RuntimeError(f"failed with {headers}")
+    except RuntimeError:
+        logs.get().exception("task.crashed", key="mvb1-x")
+    output = stream.getvalue()
+    assert "task.crashed" in output
+    assert "RuntimeError" in output
+    assert SECRET not in output

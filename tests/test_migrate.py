@@ -55,6 +55,7 @@ CREATE TABLE tasks (
     request_id TEXT,
     cost_estimate TEXT,
     cost_actual TEXT,
+    cost_prior TEXT NOT NULL DEFAULT '0',
     error TEXT,
     server_events TEXT,
     submissions INTEGER NOT NULL DEFAULT 0,

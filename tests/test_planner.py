@@ -326,3 +326,13 @@ def test_plan_out_through_the_cli(tmp_path: Path) -> None:
     assert "9 tasks" in result.output
     _, _, keys = planfile.read(out)
     assert len(keys) == 9
+
+
+def test_renaming_a_file_to_another_media_type_changes_the_key(tmp_path: Path) -> None:
+    # Same bytes, another type: the data: URI differs, so the key must too.
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8 same bytes")
+    (tmp_path / "a.png").write_bytes(b"\xff\xd8 same bytes")
+    text = 'name = "m"\n[[shots]]\nid = "s"\nmodel = "wan2-6-i2v-flash"\n'
+    jpg = _plan(tmp_path, text + 'input = { image_urls = ["@a.jpg"] }\n').tasks[0]
+    png = _plan(tmp_path, text + 'input = { image_urls = ["@a.png"] }\n').tasks[0]
+    assert jpg.key != png.key
