@@ -57,8 +57,10 @@ REFRESH_STATUSES = frozenset({401, 403, 404, 410})  # how expired or refused sig
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _HASH_BLOCK = 1 << 20
 _READ_BYTES = 256 << 10  # per socket read of an HTTP/1.1 body (see `_read_larger_bodies`)
-_FLUSH_BYTES = 4 << 20  # bytes handed to a worker thread at once
-_WRITE_BYTES = 256 << 10  # bytes per write system call (see `_write_all`)
+_WRITE_BYTES = 256 << 10  # per write system call (see `_write_all`), and per batch in the loop
+_IOV_MAX = 512  # buffers per writev: POSIX guarantees 16, Linux and macOS allow 1024
+_THREAD_BATCH_BYTES = 4 << 20  # per batch handed to a worker thread, once writes are slow
+_SLOW_WRITE_SECONDS = 0.05  # an event-loop write slower than this: write in threads from then on
 _COMPONENT_BYTES = 80  # per path component: well under every filesystem's 255
 _WINDOWS_RESERVED = frozenset(
     {
@@ -265,8 +267,10 @@ class Downloader:
         self.backoff = backoff
         self.stats = DownloadStats()
         self._slots = asyncio.Semaphore(concurrency)
-        _read_larger_bodies()
+        self._finishing = asyncio.Semaphore(concurrency)  # fsync, rename, ledger row
+        self._writes = _Writes()
         self._results: list[Fetched] = []
+        _read_larger_bodies()
 
     # -- entry points
 
@@ -371,7 +375,10 @@ class Downloader:
         part_path = dest.with_name(f".{dest.name}.part")
         # The slot bounds transfers, not bookkeeping: it is taken before the
         # part file is opened and given back before fsync and rename, so the
-        # next transfer starts while this one is made durable.
+        # next transfer starts while this one is made durable. Files being
+        # made durable are bounded too (`_finishing`, taken before the slot
+        # is given back): a disk slower than the network holds transfers
+        # back instead of piling up open parts and dirty pages.
         async with self._slots:
             fd = _open_locked(part_path)
             if fd is None:
@@ -396,14 +403,21 @@ class Downloader:
                         part_path.unlink(missing_ok=True)
                         os.close(fd)
                         return kept
-                part = _Part(fd, part_path)
+                part = _Part(fd, part_path, self._writes)
                 started = time.monotonic()
                 failed = await self._receive(job, part)
+                if failed is None:
+                    await self._finishing.acquire()
             except BaseException:
                 os.close(fd)
                 raise
         try:
-            return failed or await self._finish(job, part, dest, started)
+            if failed is not None:
+                return failed
+            try:
+                return await self._finish(job, part, dest, started)
+            finally:
+                self._finishing.release()
         finally:
             os.close(fd)
 
@@ -656,22 +670,46 @@ def _open_locked(part: Path) -> int | None:
         os.close(fd)
 
 
+class _Writes:
+    """Where the parts' bytes are written: in the event loop while the disk keeps up.
+
+    A write to the page cache takes well under a millisecond, less than the
+    round trip to a worker thread and back (on a small virtual machine, that
+    round trip and the wake-ups it causes cost more CPU than the write). A
+    disk that falls behind makes `write` block instead (dirty-page
+    throttling, a network filesystem): after one write slower than
+    `_SLOW_WRITE_SECONDS`, every later batch goes to a worker thread, so the
+    event loop (the other transfers, the executor's polling) never waits on
+    the disk more than once.
+    """
+
+    def __init__(self) -> None:
+        self.in_loop = True
+
+    def took(self, seconds: float, size: int) -> None:
+        if seconds > _SLOW_WRITE_SECONDS and self.in_loop:
+            self.in_loop = False
+            log.info("download.slow_disk", seconds=round(seconds, 3), bytes=size)
+
+
 class _Part:
     """The part file being written: its descriptor, bytes so far and their running hash.
 
     Each chunk is hashed as it arrives, in the event loop (hashlib lets go of
-    the GIL while it hashes). Chunks are written a few megabytes at a time by
-    a worker thread while the next batch arrives; one batch at most is in
-    flight, so the bytes reach the file in order. `flush()` returns once
-    every byte received is written, and every way out of a request goes
-    through it, so after a request (complete, broken or cancelled) the file
-    holds exactly the bytes hashed. After a failed write nothing more is
-    written (later bytes would land after a hole): the error ends this
-    output, and the next run hashes what the part holds and resumes there.
+    the GIL while it hashes), and written in batches (`_Writes` says where).
+    A batch given to a worker thread is written while the next one arrives;
+    one batch at most is in flight, so the bytes reach the file in order.
+    `flush()` returns once every byte received is written, and every way
+    out of a request goes through it, so after a request (complete, broken
+    or cancelled) the file holds exactly the bytes hashed. After a failed
+    write nothing more is written (later bytes would land after a hole): the
+    error ends this output, and the next run hashes what the part holds and
+    resumes from there.
     """
 
-    def __init__(self, fd: int, path: Path) -> None:
+    def __init__(self, fd: int, path: Path, writes: _Writes) -> None:
         self.fd, self.path = fd, path
+        self._writes = writes
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._writing: asyncio.Future[None] | None = None
@@ -691,26 +729,37 @@ class _Part:
         self.have += len(chunk)
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
-        return self._pending_bytes >= _FLUSH_BYTES
+        batch = _WRITE_BYTES if self._writes.in_loop else _THREAD_BATCH_BYTES
+        return self._pending_bytes >= batch
 
     async def write_batch(self) -> None:
-        """Start writing what is pending, once the batch before it is written."""
+        """Write what is pending, or start writing it once the batch before it is written."""
         await self._settle()
-        self._start_write()
+        self._write_pending()
 
     async def flush(self) -> None:
         """Return once every byte received is written (not yet fsynced)."""
         await self._settle()
         if self._pending:
-            self._start_write()
+            self._write_pending()
             await self._settle()
 
-    def _start_write(self) -> None:
+    def _write_pending(self) -> None:
         if self._write_error is not None:
             raise self._write_error
-        chunks, self._pending, self._pending_bytes = self._pending, [], 0
-        loop = asyncio.get_running_loop()
-        self._writing = loop.run_in_executor(None, _write_all, self.fd, chunks)
+        chunks, size = self._pending, self._pending_bytes
+        self._pending, self._pending_bytes = [], 0
+        if not self._writes.in_loop:
+            loop = asyncio.get_running_loop()
+            self._writing = loop.run_in_executor(None, _write_all, self.fd, chunks)
+            return
+        started = time.monotonic()
+        try:
+            _write_all(self.fd, chunks)
+        except OSError as error:
+            self._write_error = error
+            raise
+        self._writes.took(time.monotonic() - started, size)
 
     async def _settle(self) -> None:
         writing, self._writing = self._writing, None
@@ -741,7 +790,14 @@ class _Part:
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
-    """Append `chunks`, in system calls of about `_WRITE_BYTES` each."""
+    """Append `chunks`, in `writev` calls of at most `_WRITE_BYTES` each.
+
+    Not larger: the kernel sizes page-cache folios after the write, and on a
+    virtual machine whose host takes freed memory back, large folios come
+    from memory the host must fault in again (measured on the benchmark's
+    VM: 256 KB writes cost 0.3 s of CPU per GB, 1 MB writes 1.7 s, 4 MB
+    writes up to 4.5 s).
+    """
     group: list[bytes | memoryview] = []
     size = 0
     for chunk in chunks:
@@ -751,7 +807,7 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
             group.append(piece)
             size += len(piece)
             view = view[len(piece) :]
-            if size >= _WRITE_BYTES:
+            if size >= _WRITE_BYTES or len(group) >= _IOV_MAX:
                 _writev(fd, group, size)
                 group, size = [], 0
     if group:
@@ -819,9 +875,10 @@ def _read_larger_bodies() -> None:
 
     The asyncio transport already receives up to 256 KiB per `recv`; httpcore
     then asks anyio for 64 KiB at a time, which slices each receive into
-    four (copying the rest each time) and runs h11, httpcore and httpx once
-    per slice. On a 2-vCPU machine that per-slice Python work was the largest
-    part of a download's CPU after hashing. httpcore has no option for this;
+    four (copying the rest each time) and runs anyio, h11, httpcore and
+    httpx once per slice: per byte, the largest part of a download's CPU
+    (reading 256 KiB at a time saves about 0.5 s of CPU per GB on a 2-vCPU
+    virtual machine, a third of what reading costs). httpcore has no option;
     `READ_NUM_BYTES` is the class constant its HTTP/1.1 connection reads
     with. It is raised only from its known default (any other value was set
     on purpose and is kept), and it changes how much is read per call, never

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import stamina
 
 
 @pytest.fixture(autouse=True)
@@ -18,14 +17,6 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     # A `.env` in the working tree must not leak into tests.
     monkeypatch.chdir(tmp_path)
     return
-
-
-@pytest.fixture(autouse=True)
-def fast_retries() -> Iterator[None]:
-    # Retries keep their logic under test but do not sleep.
-    stamina.set_testing(True)
-    yield
-    stamina.set_testing(False)
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import os
 import string
+import threading
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 from hypothesis import given
@@ -33,6 +37,7 @@ from report_helpers import (
 )
 from sim_helpers import FakeClock, running_sim
 
+from mvbatch import download
 from mvbatch.download import (
     Downloader,
     Fetched,
@@ -713,3 +718,145 @@ def test_an_unreachable_api_fails_only_that_task(ledger: Ledger, output_dir: Pat
     results = run(fetch_all(ledger, server, output_dir, [lost, fine], refresh=refresh))
     assert [r.outcome for r in results] == ["failed", "downloaded"]
     assert "the API is down" in (results[0].error or "")
+
+
+# ------------------------------------------------- writing and the hot path
+
+
+def test_writes_are_bounded_system_calls_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Big writes make the kernel allocate big page-cache folios, which on a
+    # virtual machine can land on memory the host has to fault in again.
+    calls: list[int] = []
+    real_writev = os.writev
+
+    def writev(fd: int, buffers: list[Any]) -> int:
+        assert len(buffers) <= download._IOV_MAX
+        size = sum(len(b) for b in buffers)
+        calls.append(size)
+        # Every third call is a short write, as a signal or a full pipe can cause.
+        return real_writev(fd, buffers if len(calls) % 3 else [memoryview(buffers[0])[:1]])
+
+    monkeypatch.setattr(os, "writev", writev)
+    sizes = [1, 70_000, 700_000, 5, 300_000, *[3] * 2000]  # and more buffers than writev takes
+    chunks = [bytes([n % 256]) * size for n, size in enumerate(sizes)]
+    path = tmp_path / "out.bin"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        download._write_all(fd, chunks)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(chunks)
+    assert max(calls) <= download._WRITE_BYTES
+    assert sum(calls) == len(b"".join(chunks))
+
+
+@pytest.mark.parametrize("where", ["event loop", "worker thread"])
+def test_a_failed_write_ends_the_output_without_a_hole(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    row = succeeded(ledger, "w1")
+    data = video_bytes("w1", 3_000_000)
+    if where == "worker thread":  # every write is "slow": after the first, they go to threads
+        monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", -1.0)
+        monkeypatch.setattr(download, "_THREAD_BATCH_BYTES", 512 * 1024)
+    real_write_all = download._write_all
+    written: list[int] = []
+    calls = 0
+
+    def failing(fd: int, chunks: list[bytes]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # once: the space comes back right after
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write_all(fd, chunks)
+        written.append(sum(len(c) for c in chunks))
+
+    monkeypatch.setattr(download, "_write_all", failing)
+    server = FileServer({"/out/w1.mp4": data}, chunk=64 * 1024)
+    [result] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert result.outcome == "failed"
+    assert "No space left" in (result.error or "")
+    final = report_folder(output_dir, "demo") / output_relpath(row, 0)
+    part = final.with_name(f".{final.name}.part")
+    assert part.read_bytes() == data[: sum(written)]  # a prefix: nothing after the failure
+    assert ledger.outputs(ENV, row.key)[0].path is None
+
+    monkeypatch.setattr(download, "_write_all", real_write_all)
+    [again] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert again.outcome == "downloaded"
+    assert server.requests[-1].headers["range"] == f"bytes={sum(written)}-"
+    assert final.read_bytes() == data
+    assert again.sha256 == sha256(data)
+
+
+def test_a_slow_disk_moves_writes_off_the_event_loop(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [succeeded(ledger, f"s{i}") for i in range(3)]
+    data = {f"/out/s{i}.mp4": video_bytes(f"s{i}", 1_500_000) for i in range(3)}
+    monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", 0.0)  # the first write is too slow
+    monkeypatch.setattr(download, "_THREAD_BATCH_BYTES", 300_000)
+    threads: list[str] = []
+    real_write_all = download._write_all
+
+    def recording(fd: int, chunks: list[bytes]) -> None:
+        threads.append(threading.current_thread().name)
+        real_write_all(fd, chunks)
+
+    monkeypatch.setattr(download, "_write_all", recording)
+    server = FileServer(dict(data), chunk=64 * 1024)
+    results = run(fetch_all(ledger, server, output_dir, rows))
+    assert [r.outcome for r in results] == ["downloaded"] * 3
+    for i, result in enumerate(results):
+        assert result.sha256 == sha256(data[f"/out/s{i}.mp4"])
+    main = threading.main_thread().name
+    assert threads[0] == main  # measured in the event loop once...
+    assert len(threads) > 3
+    assert all(t != main for t in threads[1:])  # ...then in worker threads
+
+
+def test_the_transfer_slot_is_free_before_fsync_and_rename(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With one slot, the second transfer starts while the first file is still
+    # being made durable (fsync is off the transfers' critical path), but the
+    # third waits: files being made durable are bounded too.
+    rows = [succeeded(ledger, f"o{i}") for i in range(3)]
+    server = FileServer({f"/out/o{i}.mp4": video_bytes(f"o{i}") for i in range(3)})
+    second_started = threading.Event()
+    seen_meanwhile: list[str] = []
+    real_handle, real_final = server.handle, download._make_final
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/out/o1.mp4":
+            second_started.set()
+        return real_handle(request)
+
+    def final(fd: int, part: Path, dest: Path) -> None:
+        if dest.name == output_relpath(rows[0], 0).name:
+            assert second_started.wait(10), "the next transfer waited for fsync"
+            time.sleep(0.3)  # time enough for the second file to arrive, and a third to start
+            seen_meanwhile.extend(r.url.path for r in server.requests)
+        real_final(fd, part, dest)
+
+    monkeypatch.setattr(server, "handle", handle)
+    monkeypatch.setattr(download, "_make_final", final)
+    results = run(fetch_all(ledger, server, output_dir, rows, concurrency=1))
+    assert [r.outcome for r in results] == ["downloaded"] * 3
+    assert seen_meanwhile == ["/out/o0.mp4", "/out/o1.mp4"]
+
+
+def test_bodies_are_read_in_larger_pieces_than_httpcores_default(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connection = httpcore.AsyncHTTP11Connection
+    client = httpx.AsyncClient()
+    monkeypatch.setattr(connection, "READ_NUM_BYTES", 64 * 1024)
+    Downloader(ledger, client, output_dir)
+    assert connection.READ_NUM_BYTES == download._READ_BYTES
+    monkeypatch.setattr(connection, "READ_NUM_BYTES", 12_345)  # chosen by someone: kept
+    Downloader(ledger, client, output_dir)
+    assert connection.READ_NUM_BYTES == 12_345
+    run(client.aclose())
