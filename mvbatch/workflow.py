@@ -219,6 +219,8 @@ class Stopper:
         self.count = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Event loops without signal support (Windows) raise NotImplementedError;
+        # Ctrl-C then arrives as KeyboardInterrupt, which the CLI edge maps to 130.
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._signalled)

@@ -11,7 +11,6 @@ Nothing imports this module at run time; the simulator only reads the JSON.
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess
@@ -108,8 +107,9 @@ def encode(colour: str, width: int, height: int, workdir: Path) -> dict[str, obj
         raise SystemExit(f"expected 2 IDR slices for {colour}, got {len(idrs)}")
     return {
         "colour": f"#{colour}",
-        "avcC": base64.b64encode(avcc_record(sps, pps)).decode(),
-        "frames": [base64.b64encode(len(u).to_bytes(4, "big") + u).decode() for u in idrs],
+        # Hex, not base64: plain to diff, and free of accidental words.
+        "avcC": avcc_record(sps, pps).hex(),
+        "frames": [(len(u).to_bytes(4, "big") + u).hex() for u in idrs],
     }
 
 

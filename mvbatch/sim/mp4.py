@@ -12,7 +12,6 @@ back.
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 import struct
@@ -53,10 +52,10 @@ def frame_sets(aspect_ratio: str) -> tuple[FrameSet, ...]:
         FrameSet(
             width=entry["width"],
             height=entry["height"],
-            avcc=base64.b64decode(variant["avcC"]),
+            avcc=bytes.fromhex(variant["avcC"]),
             frames=(
-                base64.b64decode(variant["frames"][0]),
-                base64.b64decode(variant["frames"][1]),
+                bytes.fromhex(variant["frames"][0]),
+                bytes.fromhex(variant["frames"][1]),
             ),
         )
         for variant in entry["variants"]
