@@ -1,6 +1,6 @@
 """Download throughput: mvbatch's Downloader against curl, on the same files, in the same run.
 
-    python benchmarks/download.py [--files 200] [--size-mb 5] [--concurrency 8] [--rounds 7]
+    python benchmarks/download.py [--files 200] [--size-mb 5] [--concurrency 8] [--rounds 8]
                                   [--warmup 1] [--target 0.9] [--max-rest 0.5] [--redo 3]
                                   [--verbose]
 
@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mvbatch import logs  # noqa: E402
-from mvbatch.download import Downloader  # noqa: E402
+from mvbatch.download import Downloader, sha256_file  # noqa: E402
 from mvbatch.endpoint import Endpoint  # noqa: E402
 from mvbatch.ledger import Ledger, TaskRow  # noqa: E402
 
@@ -115,10 +115,14 @@ def create_tasks(base: str, count: int) -> list[tuple[str, str]]:
     return found
 
 
+def bench_key(task_id: str) -> str:
+    return "mvb1-" + hashlib.sha256(task_id.encode()).hexdigest()[:32]
+
+
 def ledger_rows(ledger: Ledger, tasks: list[tuple[str, str]]) -> list[TaskRow]:
     rows = []
     for n, (task_id, url) in enumerate(tasks):
-        key = "mvb1-" + hashlib.sha256(task_id.encode()).hexdigest()[:32]
+        key = bench_key(task_id)
         ledger.ensure_tasks(
             "live",
             [
@@ -178,9 +182,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def own_cpu(who: int) -> float:
+def own_usage(who: int) -> tuple[float, int]:
+    """CPU seconds and minor page faults of this process (or of its waited-for children)."""
     usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime, usage.ru_minflt
 
 
 def machine_busy() -> float:
@@ -197,30 +202,29 @@ class Pass:
     client: float = 0.0  # the client under test (curl, or this process for mvbatch)
     sim: float = 0.0  # the simulator process
     rest: float = 0.0  # the rest of the machine: kernel threads (writeback), other work
+    faults: int = 0  # the client's minor page faults
 
 
 class Timed:
     """Measures the block it wraps: wall time, the client's, the simulator's and the rest's CPU."""
 
-    def __init__(self, sim_pid: int, client_cpu: Callable[[], float]) -> None:
-        self.sim_pid, self.client_cpu = sim_pid, client_cpu
+    def __init__(self, sim_pid: int, client_usage: Callable[[], tuple[float, int]]) -> None:
+        self.sim_pid, self.client_usage = sim_pid, client_usage
         self.result = Pass()
 
-    def _read(self) -> tuple[float, float, float, float]:
-        return (
-            time.perf_counter(),
-            self.client_cpu(),
-            cpu_seconds(self.sim_pid),
-            machine_busy(),
-        )
+    def _read(self) -> tuple[float, float, float, float, int]:
+        cpu, faults = self.client_usage()
+        return time.perf_counter(), cpu, cpu_seconds(self.sim_pid), machine_busy(), faults
 
     def __enter__(self) -> Timed:
         self._start = self._read()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        wall, client, sim, busy = (b - a for a, b in zip(self._start, self._read(), strict=True))
-        self.result = Pass(wall, client, sim, busy - client - sim)
+        wall, client, sim, busy, faults = (
+            b - a for a, b in zip(self._start, self._read(), strict=True)
+        )
+        self.result = Pass(wall, client, sim, busy - client - sim, int(faults))
 
 
 def run_curl(urls: list[str], folder: Path, concurrency: int, sim_pid: int) -> Pass:
@@ -229,7 +233,7 @@ def run_curl(urls: list[str], folder: Path, concurrency: int, sim_pid: int) -> P
     config.write_text(
         "".join(f'url = "{u}"\noutput = "{folder / f"{n}.mp4"}"\n' for n, u in enumerate(urls))
     )
-    with Timed(sim_pid, lambda: own_cpu(resource.RUSAGE_CHILDREN)) as timed:
+    with Timed(sim_pid, lambda: own_usage(resource.RUSAGE_CHILDREN)) as timed:
         subprocess.run(
             [
                 "curl",
@@ -260,7 +264,7 @@ def run_mvbatch(
     async def go() -> Pass:
         async with endpoint.files_client(max_connections=concurrency) as client:
             downloader = Downloader(ledger, client, work / "out", concurrency=concurrency)
-            with Timed(sim_pid, lambda: own_cpu(resource.RUSAGE_SELF)) as timed:
+            with Timed(sim_pid, lambda: own_usage(resource.RUSAGE_SELF)) as timed:
                 results = await downloader.fetch(rows)
         failed = [r for r in results if not r.ok]
         if failed:
@@ -275,7 +279,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--size-mb", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="even, so each client goes first equally often"
+    )
     parser.add_argument("--target", type=float, default=0.9, help="minimum ratio to curl")
     parser.add_argument(
         "--warmup",
@@ -331,10 +337,19 @@ def main() -> None:
 def one_round(
     args: argparse.Namespace, work: Path, round_no: int, tasks: list[tuple[str, str]], sim: int
 ) -> tuple[dict[str, Pass], float, int]:
-    """Both clients once, in alternating order: their passes, curl's time to sync, the bytes."""
+    """Both clients once, in alternating order: their passes, curl's time to sync, the bytes.
+
+    Each pass starts from the same state: no dirty pages (sync) and no files
+    of the other client in the page cache (each pass's files are hashed and
+    deleted before the next pass starts). On this benchmark's VM a pass that
+    must find a gigabyte of memory beyond what the last deletion freed costs
+    its writer up to twice the CPU, whoever it is; kept, that made the second
+    pass of every round the slow one.
+    """
     folder = work / f"round-{round_no}"
     urls = [url for _, url in tasks]
     done: dict[str, Pass] = {}
+    digests: dict[str, list[tuple[str, int]]] = {}
     synced = 0.0
     for who in ["curl", "mvbatch"] if round_no % 2 == 0 else ["mvbatch", "curl"]:
         # Start each pass with no dirty pages from the previous one, so
@@ -348,30 +363,39 @@ def one_round(
             started = time.perf_counter()
             os.sync()
             synced = done[who].seconds + time.perf_counter() - started
+            digests[who] = [digest_of(folder / "curl" / f"{n}.mp4") for n in range(len(tasks))]
         else:
             done[who], ledger = run_mvbatch(tasks, folder / "mvbatch", args.concurrency, sim)
+            digests[who] = recorded_digests(folder / "mvbatch", ledger, tasks)
+            ledger.close()
+        shutil.rmtree(folder / who)
         if args.verbose:
             print(f"round {round_no} {who}: {done[who]}", file=sys.stderr)
-    total = check_same(folder, ledger, tasks)
-    ledger.close()
-    shutil.rmtree(folder)
-    return done, synced, total
-
-
-def check_same(folder: Path, ledger: Ledger, tasks: list[tuple[str, str]]) -> int:
-    """Every file mvbatch recorded has curl's bytes; returns the bytes of one pass."""
-    total = 0
-    for n, row in enumerate(ledger.tasks("live", "bench")):
-        [output] = ledger.outputs("live", row.key)
-        theirs = (folder / "curl" / f"{n}.mp4").read_bytes()
-        assert output.path is not None
-        ours = (folder / "mvbatch" / "out" / "bench" / output.path).read_bytes()
-        if ours != theirs or hashlib.sha256(ours).hexdigest() != output.sha256:
+    for n, (theirs, ours) in enumerate(zip(digests["curl"], digests["mvbatch"], strict=True)):
+        if theirs != ours:
             raise SystemExit(f"file {n} differs between curl and mvbatch")
-        total += len(ours)
-    if len(tasks) != n + 1:
-        raise SystemExit("not every task was downloaded")
-    return total
+    shutil.rmtree(folder)
+    return done, synced, sum(size for _, size in digests["curl"])
+
+
+def digest_of(path: Path) -> tuple[str, int]:
+    return sha256_file(path), path.stat().st_size
+
+
+def recorded_digests(
+    folder: Path, ledger: Ledger, tasks: list[tuple[str, str]]
+) -> list[tuple[str, int]]:
+    """(sha256, bytes) of each file mvbatch recorded, checked against the file on disk."""
+    found = []
+    for task_id, _ in tasks:
+        outputs = ledger.outputs("live", bench_key(task_id))
+        if len(outputs) != 1 or outputs[0].path is None:
+            raise SystemExit(f"task {task_id} was not downloaded")
+        on_disk = digest_of(folder / "out" / "bench" / outputs[0].path)
+        if on_disk != (outputs[0].sha256, outputs[0].bytes):
+            raise SystemExit(f"{outputs[0].path}: the ledger's sha256 or size is not the file's")
+        found.append(on_disk)
+    return found
 
 
 def report(
@@ -397,20 +421,22 @@ def report(
     print()
     print(
         "| client | seconds per pass (each round) | median MB/s "
-        "| median CPU s per pass: client / simulator / rest of machine |"
+        "| median CPU s per pass: client / simulator / rest of machine "
+        "| client page faults per pass |"
     )
-    print("|---|---|---:|---|")
+    print("|---|---|---:|---|---:|")
     for name, runs in (("curl --parallel (the target)", curl), ("mvbatch Downloader", ours)):
         print(
             f"| {name} | {', '.join(f'{p.seconds:.2f}' for p in runs)} "
             f"| {total / statistics.median(p.seconds for p in runs) / 1e6:.0f} "
             f"| {statistics.median(p.client for p in runs):.2f} / "
             f"{statistics.median(p.sim for p in runs):.2f} / "
-            f"{statistics.median(p.rest for p in runs):.2f} |"
+            f"{statistics.median(p.rest for p in runs):.2f} "
+            f"| {statistics.median(p.faults for p in runs):,.0f} |"
         )
     print(
         f"| curl --parallel, then sync | {', '.join(f'{t:.2f}' for t in synced)} "
-        f"| {total / statistics.median(synced) / 1e6:.0f} | |"
+        f"| {total / statistics.median(synced) / 1e6:.0f} | | |"
     )
     print()
     print(

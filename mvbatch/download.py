@@ -41,10 +41,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import httpcore
 import httpx
 
-from mvbatch import logs
+from mvbatch import logs, tuning
 from mvbatch.ledger import Ledger, Output, TaskRow
 from mvbatch.manifest import NAME_PATTERN
 
@@ -56,7 +55,6 @@ MAX_REFRESHES = 3  # fresh URLs asked of the API for one output
 REFRESH_STATUSES = frozenset({401, 403, 404, 410})  # how expired or refused signed URLs answer
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 _HASH_BLOCK = 1 << 20
-_READ_BYTES = 256 << 10  # per socket read of an HTTP/1.1 body (see `_read_larger_bodies`)
 _WRITE_BYTES = 256 << 10  # per write system call (see `_write_all`), and per batch in the loop
 _IOV_MAX = 512  # buffers per writev: POSIX guarantees 16, Linux and macOS allow 1024
 _THREAD_BATCH_BYTES = 4 << 20  # per batch handed to a worker thread, once writes are slow
@@ -270,7 +268,7 @@ class Downloader:
         self._finishing = asyncio.Semaphore(concurrency)  # fsync, rename, ledger row
         self._writes = _Writes()
         self._results: list[Fetched] = []
-        _read_larger_bodies()
+        tuning.for_downloads()
 
     # -- entry points
 
@@ -868,26 +866,6 @@ def _fsync_dir(folder: Path) -> None:
 
 
 # ------------------------------------------------------------ HTTP helpers
-
-
-def _read_larger_bodies() -> None:
-    """Let httpcore read up to `_READ_BYTES` per socket read instead of 64 KiB.
-
-    The asyncio transport already receives up to 256 KiB per `recv`; httpcore
-    then asks anyio for 64 KiB at a time, which slices each receive into
-    four (copying the rest each time) and runs anyio, h11, httpcore and
-    httpx once per slice: per byte, the largest part of a download's CPU
-    (reading 256 KiB at a time saves about 0.5 s of CPU per GB on a 2-vCPU
-    virtual machine, a third of what reading costs). httpcore has no option;
-    `READ_NUM_BYTES` is the class constant its HTTP/1.1 connection reads
-    with. It is raised only from its known default (any other value was set
-    on purpose and is kept), and it changes how much is read per call, never
-    what is read: h11 parses the same bytes the same way. Process-wide, so
-    the API client reads its (small) responses the same way.
-    """
-    connection = getattr(httpcore, "AsyncHTTP11Connection", None)
-    if connection is not None and getattr(connection, "READ_NUM_BYTES", None) == 64 * 1024:
-        connection.READ_NUM_BYTES = _READ_BYTES
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")

@@ -37,7 +37,7 @@ from report_helpers import (
 )
 from sim_helpers import FakeClock, running_sim
 
-from mvbatch import download
+from mvbatch import download, tuning
 from mvbatch.download import (
     Downloader,
     Fetched,
@@ -855,7 +855,7 @@ def test_bodies_are_read_in_larger_pieces_than_httpcores_default(
     client = httpx.AsyncClient()
     monkeypatch.setattr(connection, "READ_NUM_BYTES", 64 * 1024)
     Downloader(ledger, client, output_dir)
-    assert connection.READ_NUM_BYTES == download._READ_BYTES
+    assert connection.READ_NUM_BYTES == tuning.READ_BYTES
     monkeypatch.setattr(connection, "READ_NUM_BYTES", 12_345)  # chosen by someone: kept
     Downloader(ledger, client, output_dir)
     assert connection.READ_NUM_BYTES == 12_345
