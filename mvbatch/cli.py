@@ -283,8 +283,11 @@ def _run_command(
             _confirm(check)
         display: Callable[[Any], Any] = lambda ex: progress.Display(err, ex.snapshot)  # noqa: E731
         stopper = workflow.Stopper(
-            on_first=lambda: err.print(
-                "[yellow]stopping: no new submissions; recording what "
+            on_first=lambda phase: err.print(
+                "[yellow]stopping the downloads; part files are kept to resume. "
+                "Ctrl-C again to quit at once (still safe)[/]"
+                if phase == "downloads"
+                else "[yellow]stopping: no new submissions; recording what "
                 "was sent. Ctrl-C again to quit at once (still safe)[/]"
             ),
             on_second=lambda: err.print(f"[yellow]quitting now; resume with: {again}[/]"),

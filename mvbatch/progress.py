@@ -244,7 +244,13 @@ def result_view(result: RunResult, command: str) -> RenderableType:
             "nothing was submitted over the cap",
             "yellow",
         )
-    if result.interrupted:
+    if result.interrupted and not result.pending:
+        text.append(
+            "\ninterrupted during the downloads: files being fetched are kept in part and "
+            f"resume where they stopped. Resume with: {command}",
+            "yellow",
+        )
+    elif result.interrupted:
         text.append(
             f"\ninterrupted: what was sent is recorded; tasks in flight keep running "
             f"on the server. Resume with: {command}",

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from mvbatch import manifest, media, mp4, planfile
+from mvbatch import logs, manifest, media, mp4, planfile
 from mvbatch.errors import MvbatchError, UsageError
 from mvbatch.ledger import Ledger, TaskRow
 from mvbatch.planner import Plan, ReferenceProbe, plan
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from mvbatch.report import ReportResult
 
 PROBE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+
+log = logs.get("mvbatch.workflow")
 
 
 def reference_probe(client: httpx.Client) -> ReferenceProbe:
@@ -208,14 +211,19 @@ class RunOutcome:
 class Stopper:
     """SIGINT/SIGTERM while a run runs: the first stops it cleanly, the second exits now.
 
-    `on_first` and `on_second` let the CLI say what is happening. Exiting at
-    once is safe because every step is a committed transaction: intent
-    without a task id is re-sent under the same key by the next run.
+    The first stops what is under way: the executor (no new submissions,
+    what was sent is recorded) or, once it is done, the catching-up
+    downloads (their part files stay, to resume with a Range request).
+    `on_first(phase)` ("run" or "downloads") and `on_second` let the CLI say
+    what is happening. Exiting at once is safe because every step is a
+    committed transaction: intent without a task id is re-sent under the same
+    key by the next run.
     """
 
-    def __init__(self, on_first: Callable[[], None], on_second: Callable[[], None]) -> None:
+    def __init__(self, on_first: Callable[[str], None], on_second: Callable[[], None]) -> None:
         self.on_first, self.on_second = on_first, on_second
         self.executor: Executor | None = None
+        self.finishing: asyncio.Future[Any] | None = None  # the downloads after the executor
         self.count = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -233,9 +241,13 @@ class Stopper:
     def _signalled(self) -> None:
         self.count += 1
         if self.count == 1:
-            self.on_first()
-            if self.executor is not None:
-                self.executor.request_stop("interrupted")
+            if self.finishing is not None:
+                self.on_first("downloads")
+                self.finishing.cancel()
+            else:
+                self.on_first("run")
+                if self.executor is not None:
+                    self.executor.request_stop("interrupted")
             return
         self.on_second()
         os._exit(130)
@@ -300,9 +312,14 @@ async def execute(
         outcome = _outcome(result)
         written = None
         if not result.interrupted:
-            written = await report.finish_run(
-                downloader, prepared.settings, ledger, the_plan, endpoint.env
+            written = await _download_and_report(
+                report.finish_run(downloader, prepared.settings, ledger, the_plan, endpoint.env),
+                stopper,
             )
+            if written is None:
+                log.info("run.downloads_interrupted", manifest=the_plan.name)
+                result = dataclasses.replace(result, interrupted=True)
+                outcome = "interrupted"
         return RunOutcome(result, written)
     finally:
         ledger.finish_run(run_id, outcome)
@@ -311,6 +328,25 @@ async def execute(
             await files.aclose()
         if stopper is not None:
             stopper.uninstall(loop)
+
+
+async def _download_and_report(
+    finishing: Coroutine[Any, Any, ReportResult], stopper: Stopper | None
+) -> ReportResult | None:
+    """The end of a run (downloads catching up, then the reports); None if Ctrl-C stopped it."""
+    task = asyncio.ensure_future(finishing)
+    if stopper is not None:
+        stopper.finishing = task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # cancelled from outside, not by the stopper
+        return None
+    finally:
+        if stopper is not None:
+            stopper.finishing = None
 
 
 def _outcome(result: RunResult) -> str:
