@@ -211,6 +211,15 @@ def run(  # options are keyword-only: Typer passes them by name
             "--retry-failed", help="Submit failed tasks again under new keys (charged again)."
         ),
     ] = False,
+    max_wait: Annotated[
+        float | None,
+        typer.Option(
+            "--max-wait",
+            metavar="MINUTES",
+            help="Stop following a task that has not ended after this long (default 180); "
+            "it keeps running on the server and a later run collects it.",
+        ),
+    ] = None,
 ) -> None:
     """Execute a plan: submit each task once, follow it to the end, download the videos.
 
@@ -226,6 +235,7 @@ def run(  # options are keyword-only: Typer passes them by name
         concurrency=concurrency,
         download=not no_download,
         retry_failed=retry_failed,
+        max_wait=max_wait,
     )
 
 
@@ -239,6 +249,7 @@ def _run_command(
     concurrency: int,
     download: bool,
     retry_failed: bool,
+    max_wait: float | None = None,
 ) -> None:
     import asyncio
     import shlex
@@ -262,6 +273,7 @@ def _run_command(
         max_cost=_usd_option(max_cost),
         concurrency=concurrency,
         retry_failed=retry_failed,
+        max_wait_minutes=max_wait,
     )
     try:
         endpoint = prepared.endpoint

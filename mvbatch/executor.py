@@ -50,7 +50,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mvbatch import logs
-from mvbatch.client import ApiClient, TaskRejected, TaskState
+from mvbatch.client import STATUSES, ApiClient, TaskRejected, TaskState
 from mvbatch.errors import ApiError, BudgetError, MvbatchError, UsageError
 from mvbatch.keys import retry_key
 from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, TaskRow, committed_cost
@@ -62,6 +62,9 @@ from mvbatch.pricing import MICRO, Estimate, learn_rate, normalize
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
 STOP_GRACE = 10.0  # seconds a stopping run waits for POSTs already sent to answer
+# How long one run follows a task that has not ended, from when it starts
+# following it: far beyond any documented generation time, short of forever.
+DEFAULT_MAX_WAIT = 3 * 3600.0
 THROTTLE_COOLDOWN = 1.0  # one halving per this many seconds, however many 429s arrive
 EMPTY_SUCCESS_POLLS = 3
 # A task id the API says it does not know (404/410, or another 4xx on a GET)
@@ -352,6 +355,9 @@ class RunResult:
     # Shots of tasks sent (maybe) by an earlier version of the manifest, with
     # no task id: they may have been charged and cannot be followed.
     unfollowed: tuple[str, ...] = ()
+    # Shots of tasks still running on the server when `max_wait` ran out.
+    overdue: tuple[str, ...] = ()
+    max_wait: float | None = None
 
     @property
     def unfollowed_message(self) -> str | None:
@@ -361,6 +367,18 @@ class RunResult:
         return (
             f"{len(self.unfollowed)} task(s) from an earlier version of the manifest may have "
             f"been charged and cannot be followed: restore shot {shots} to resume them"
+        )
+
+    @property
+    def overdue_message(self) -> str | None:
+        if not self.overdue:
+            return None
+        shots = ", ".join(sorted(set(self.overdue)))
+        waited = "" if self.max_wait is None else f" after {_duration(self.max_wait)}"
+        return (
+            f"{len(self.overdue)} task(s) had not ended{waited} (shot {shots}): no longer "
+            "followed in this run. They keep running on the server and are not submitted "
+            "again; run again to collect them"
         )
 
     @property
@@ -391,8 +409,10 @@ class Executor:
         retry_failed: bool = False,
         on_succeeded: OnSucceeded | None = None,
         latencies: LatencyBook | None = None,
+        max_wait: float | None = DEFAULT_MAX_WAIT,
     ) -> None:
         self.plan, self.ledger, self.client, self.env = plan, ledger, client, env
+        self.max_wait = max_wait  # seconds; None follows every task to its end
         self.cap, self.run_id, self.retry_failed = cap, run_id, retry_failed
         self.on_succeeded = on_succeeded
         self.latency = latencies if latencies is not None else LatencyBook(ledger.latencies(env))
@@ -420,6 +440,8 @@ class Executor:
         self._started = time.monotonic()
         self._failures: list[tuple[str, str, str]] = []
         self._unfollowed: list[str] = []
+        self._overdue: list[str] = []
+        self._unknown_statuses: set[str] = set()
 
     # -- setup
 
@@ -646,6 +668,8 @@ class Executor:
             requests=dict(self.client.counts),
             failures=tuple(self._failures),
             unfollowed=tuple(self._unfollowed),
+            overdue=tuple(self._overdue),
+            max_wait=self.max_wait,
         )
 
     async def _wait(self) -> None:
@@ -964,15 +988,17 @@ class Executor:
         not_before = 0.0  # monotonic: a Retry-After the server sent with its answer
         missing = 0  # not-found (or other 4xx) answers in a row
         missing_since = 0.0  # monotonic time of the first of them
+        give_up = None if self.max_wait is None else time.monotonic() + self.max_wait
         while True:
             now = time.monotonic()
-            elapsed = now - job.since
-            at = self.latency.next_poll(name, elapsed, job.last_alive, job.key)
-            wait = max(at - elapsed, not_before - now)
+            if give_up is not None and now >= give_up:
+                self._overdue_task(job)
+                return
+            wait = self._until_next_poll(job, now, not_before, give_up)
             if wait > 0:
                 # Sleep in steps: what this class's other tasks teach in the
                 # meantime may move this task's next poll (no GET to re-plan).
-                step = replan_after(elapsed)
+                step = replan_after(now - job.since)
                 await asyncio.sleep(min(wait, step))
                 if wait > step:
                     continue
@@ -995,6 +1021,7 @@ class Executor:
                 continue
             missing = 0
             job.polls += 1
+            self._note_unknown_status(job, state)
             if state.status == "succeeded" and not state.urls:
                 # Succeeded without an output URL: ask again a few times, then
                 # accept it as it is rather than poll forever.
@@ -1023,6 +1050,43 @@ class Executor:
                     run_id=self.run_id,
                 )
                 self._set(job, status)
+
+    def _until_next_poll(
+        self, job: _Job, now: float, not_before: float, give_up: float | None
+    ) -> float:
+        """Seconds to the task's next GET: its class's schedule, a Retry-After, `max_wait`."""
+        elapsed = now - job.since
+        at = self.latency.next_poll(job.latency_class, elapsed, job.last_alive, job.key)
+        wait = max(at - elapsed, not_before - now)
+        return wait if give_up is None else min(wait, give_up - now)
+
+    def _overdue_task(self, job: _Job) -> None:
+        """`max_wait` ran out: stop following the task; the ledger keeps it in flight."""
+        self._overdue.append(job.task.shot)
+        log.warning(
+            "task.overdue",
+            key=job.key,
+            shot=job.task.shot,
+            task_id=job.task_id,
+            status=job.status,
+            max_wait_s=self.max_wait,
+            polls=job.polls,
+        )
+
+    def _note_unknown_status(self, job: _Job, state: TaskState) -> None:
+        """An undocumented status reads as still running; say so once per status and run."""
+        raw = state.raw_status.strip().lower()
+        if raw in STATUSES or raw in self._unknown_statuses:
+            return
+        self._unknown_statuses.add(raw)
+        log.warning(
+            "task.unknown_status",
+            key=job.key,
+            shot=job.task.shot,
+            task_id=job.task_id,
+            status=state.raw_status[:80],
+            read_as=state.status,
+        )
 
     def _not_found(self, job: _Job, rejected: TaskRejected, missing: int, span: float) -> bool:
         """One more 4xx to a poll; True when it has persisted long enough to fail the task."""
@@ -1298,3 +1362,12 @@ def budget_refusal(check: Preflight) -> BudgetError | None:
     except BudgetError as error:
         return error
     return None
+
+
+def _duration(seconds: float) -> str:
+    """3 h, 90 min, 45 s: how long, for people."""
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"

@@ -238,6 +238,8 @@ def result_view(result: RunResult, command: str) -> RenderableType:
         text.append(f"\n... and {len(result.failures) - 10} more (see `mvbatch report`)", "red")
     if result.unfollowed_message:
         text.append(f"\nwarning: {result.unfollowed_message}", "bold yellow")
+    if result.overdue_message:
+        text.append(f"\nwarning: {result.overdue_message}", "bold yellow")
     if result.held:
         text.append(
             f"\nbudget: {result.held_reason or f'{result.held} task(s) held'}; "

@@ -116,6 +116,7 @@ class PreparedRun:
     concurrency: int
     retry_failed: bool
     rows: dict[str, TaskRow] = field(default_factory=dict)
+    max_wait: float | None = None  # seconds a run follows a task that has not ended
 
     @property
     def states(self) -> dict[str, str]:
@@ -133,10 +134,11 @@ def prepare_run(
     max_cost: Decimal | None,
     concurrency: int,
     retry_failed: bool,
+    max_wait_minutes: float | None = None,
 ) -> PreparedRun:
     """Everything `run` needs before its first request; makes none."""
     from mvbatch.endpoint import choose
-    from mvbatch.executor import MAX_CONCURRENCY, effective_cap, preflight
+    from mvbatch.executor import DEFAULT_MAX_WAIT, MAX_CONCURRENCY, effective_cap, preflight
 
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise UsageError(
@@ -144,6 +146,9 @@ def prepare_run(
         )
     if max_cost is not None and max_cost <= 0:
         raise UsageError(f"--max-cost must be a positive amount of US dollars; got {max_cost}")
+    if max_wait_minutes is not None and not 0 < max_wait_minutes < float("inf"):
+        raise UsageError(f"--max-wait must be a positive number of minutes; got {max_wait_minutes}")
+    max_wait = DEFAULT_MAX_WAIT if max_wait_minutes is None else max_wait_minutes * 60
     speed = _sim_speed()
     endpoint = choose(settings, simulate, sim_speed=speed)
     the_plan = build_plan(path, settings, endpoint.env)
@@ -163,7 +168,16 @@ def prepare_run(
         ledger.close()
         raise
     return PreparedRun(
-        settings, endpoint, the_plan, ledger, check, cap, concurrency, retry_failed, rows
+        settings,
+        endpoint,
+        the_plan,
+        ledger,
+        check,
+        cap,
+        concurrency,
+        retry_failed,
+        rows,
+        max_wait=max_wait,
     )
 
 
@@ -297,6 +311,7 @@ async def execute(
             concurrency=prepared.concurrency,
             retry_failed=prepared.retry_failed,
             on_succeeded=downloader.on_succeeded if downloader else None,
+            max_wait=prepared.max_wait,
         )
         if stopper is not None:
             stopper.executor = executor

@@ -97,3 +97,13 @@ def test_confirmation_prompt_abort_maps_to_contract_codes(
     with pytest.raises(MvbatchError) as caught:
         cli._confirm(SimpleNamespace(projected=1, cap=None))
     assert caught.value.exit_code == exit_code
+
+
+def test_a_bad_max_wait_is_a_usage_error(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('name = "m"\n[[shots]]\nid = "a"\nmodel = "kling-v2-6"\nprompt = "p"\n')
+    for value in ("0", "-5", "inf", "soon"):
+        result = CliRunner().invoke(app, ["run", str(manifest), "--max-wait", value])
+        assert result.exit_code == 2, (value, result.output)
+        assert "--max-wait" in result.output
+        assert "Traceback" not in result.output

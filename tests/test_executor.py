@@ -239,6 +239,74 @@ async def test_a_4xx_on_one_poll_does_not_fail_a_running_task(tmp_path: Path, st
     assert len(gets) == 3
 
 
+async def test_a_task_that_never_ends_is_let_go_after_max_wait_and_picked_up_later(
+    tmp_path: Path,
+) -> None:
+    plan = plan_of(tmp_path, 2)
+    stuck = plan.tasks[0].key
+    posts: list[str] = []
+    ended = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            key = request.headers["Idempotency-Key"]
+            posts.append(key)
+            task_id = "task_stuck" if key == stuck else "task_ok"
+            return httpx.Response(200, json=task_body(task_id, "queued"))
+        if request.url.path.endswith("task_stuck") and not ended:
+            return httpx.Response(200, json=task_body("task_stuck", "processing"))
+        return httpx.Response(200, json=task_body(request.url.path.rsplit("/", 1)[1]))
+
+    with capture_logs() as logs:
+        result, ledger = await run(
+            tmp_path, plan, scripted(handler), latencies=quick_book(plan), max_wait=0.4
+        )
+    assert result.counts == {"succeeded": 1, "processing": 1}
+    assert result.pending == 1
+    assert result.overdue == ("s0",)
+    assert result.overdue_message is not None
+    assert "not submitted again" in result.overdue_message
+    assert [e["event"] for e in logs].count("task.overdue") == 1
+    row = ledger.task("sim", stuck)
+    assert row is not None
+    assert row.status == "processing"  # still in flight in the ledger: nothing is lost
+    assert row.task_id == "task_stuck"
+    ledger.close()
+
+    ended = True  # the server finishes it; the next run follows it without a POST
+    result, ledger = await run(tmp_path, plan, scripted(handler), latencies=quick_book(plan))
+    assert result.counts == {"succeeded": 2}
+    assert result.overdue == ()
+    assert sorted(posts) == sorted(t.key for t in plan.tasks)  # each POSTed once, ever
+
+
+async def test_an_undocumented_status_reads_as_running_and_is_reported_once(
+    tmp_path: Path,
+) -> None:
+    plan = plan_of(tmp_path, 1)
+    gets: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json=task_body("task_1", "queued"))
+        gets.append(request.url.path)
+        return httpx.Response(200, json=task_body("task_1", "Expired"))
+
+    with capture_logs() as logs:
+        result, ledger = await run(
+            tmp_path, plan, scripted(handler), latencies=quick_book(plan), max_wait=0.4
+        )
+    unknown = [e for e in logs if e["event"] == "task.unknown_status"]
+    assert len(unknown) == 1
+    assert unknown[0]["status"] == "Expired"
+    assert unknown[0]["read_as"] == "processing"
+    assert result.overdue == ("s0",)
+    assert len(gets) >= 2  # polled on, not taken for an end
+    row = ledger.task("sim", plan.tasks[0].key)
+    assert row is not None
+    assert row.status == "processing"
+
+
 # ------------------------------------------------------------------ maybe-sent refusals
 
 
