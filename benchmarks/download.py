@@ -10,16 +10,18 @@ fetches every output twice: with `curl --parallel --parallel-max N` (the
 reference) and with `mvbatch.download.Downloader(concurrency=N)` (streamed to
 a part file, SHA-256 while streaming, Content-Length check, fsync, rename,
 ledger row), N = `--concurrency` for both. Rounds alternate which goes first,
-each pass starts after `sync`, and a warm-up round is discarded (see
-`--warmup`). The files of both clients are compared byte for byte.
+each pass starts after `sync` with the previous pass's files hashed and
+deleted, and a warm-up round is discarded (see `--warmup`). Each of curl's
+files must have the SHA-256 and size of mvbatch's file and of its ledger row.
 
 Each pass also records the CPU time of the client, of the simulator and of
 the rest of the machine (all busy CPU minus those two: kernel threads, and
-any other work). This machine may be shared: a round in which the rest used
-more than `--max-rest` CPU seconds during either pass is done again, at most
-`--redo` times, and the count is printed. Prints Markdown for BENCHMARKS.md;
-exits 1 when mvbatch is below `--target` times curl's throughput (median
-passes), or when a file differs between the two.
+any other work), and the client's page faults. This machine may be shared:
+a round in which the rest used more than `--max-rest` CPU seconds during
+either pass is done again, at most `--redo` times, and the count is printed.
+Prints Markdown for BENCHMARKS.md; exits 1 when mvbatch is below `--target`
+times curl's throughput (median passes), or when a file differs between the
+two.
 """
 
 from __future__ import annotations
