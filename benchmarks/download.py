@@ -302,6 +302,8 @@ def main() -> None:
     parser.add_argument("--redo", type=int, default=3, help="most times one round is redone")
     parser.add_argument("--verbose", action="store_true", help="print each pass as it ends")
     args = parser.parse_args()
+    if args.rounds < 2 or args.rounds % 2:
+        parser.error("--rounds must be even (and at least 2): each client goes first as often")
     logs.configure("json", "warning")  # as the CLI does: info events go to the log file only
     if shutil.which("curl") is None:
         raise SystemExit("curl is not installed")
@@ -381,6 +383,8 @@ def one_round(
 
 
 def digest_of(path: Path) -> tuple[str, int]:
+    if not path.is_file():
+        raise SystemExit(f"{path} is missing: the client did not write it")
     return sha256_file(path), path.stat().st_size
 
 

@@ -476,7 +476,20 @@ class Downloader:
         # Durable before visible: the bytes reach the disk, then the name
         # appears, then the directory entry is made durable (one trip to a
         # worker thread for the three), then the ledger.
-        await _in_thread(_make_final, part.fd, part.path, dest)
+        final = asyncio.get_running_loop().run_in_executor(
+            None, _make_final, part.fd, part.path, dest
+        )
+        try:
+            await _settled(final)
+        except asyncio.CancelledError:
+            # Cancelled while the thread ran (it is always let finish): if the
+            # file is in place, the ledger says so before the cancel goes on,
+            # or the next run would fetch it again from its first byte.
+            if not final.cancelled() and final.exception() is None:
+                self.ledger.record_download(
+                    job.row.env, job.key, job.idx, job.relpath, digest, part.have
+                )
+            raise
         self.ledger.record_download(job.row.env, job.key, job.idx, job.relpath, digest, part.have)
         log.info(
             "download.done",
@@ -837,11 +850,6 @@ async def _settled(future: asyncio.Future[Any]) -> Any:
     if cancelled:
         raise asyncio.CancelledError
     return future.result()
-
-
-async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
-    """`function(*args)` in a worker thread, waited for even when cancelled (see `_settled`)."""
-    return await _settled(asyncio.get_running_loop().run_in_executor(None, function, *args))
 
 
 def _make_final(fd: int, part: Path, dest: Path) -> None:

@@ -358,6 +358,7 @@ class RunResult:
     # Shots of tasks still running on the server when `max_wait` ran out.
     overdue: tuple[str, ...] = ()
     max_wait: float | None = None
+    downloads_interrupted: bool = False  # Ctrl-C came after the executor, during the downloads
 
     @property
     def unfollowed_message(self) -> str | None:

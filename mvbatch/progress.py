@@ -246,7 +246,7 @@ def result_view(result: RunResult, command: str) -> RenderableType:
             "nothing was submitted over the cap",
             "yellow",
         )
-    if result.interrupted and not result.pending:
+    if result.downloads_interrupted:
         text.append(
             "\ninterrupted during the downloads: files being fetched are kept in part and "
             f"resume where they stopped. Resume with: {command}",

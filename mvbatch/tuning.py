@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 
@@ -50,6 +51,7 @@ def read_larger_bodies() -> None:
         connection.READ_NUM_BYTES = READ_BYTES
 
 
+@functools.cache  # once per process: mallopt is not safe while other threads allocate
 def keep_buffer_memory() -> None:
     """On glibc, serve the 256 KiB receive buffers from the heap and keep freed heap memory.
 
@@ -60,8 +62,8 @@ def keep_buffer_memory() -> None:
     about one page fault per 4 KiB received (measured: 117,000 faults per GB,
     and on a virtual machine whose host takes freed memory back, each fault
     is dear). With blocks under 1 MiB served from the heap and up to 32 MiB
-    of freed heap kept for reuse, the faults all but vanish (about 3,500 per
-    GB) and the client spends some 7% less CPU per GB. The cost is at most
+    of freed heap kept for reuse, the faults all but vanish (about 20 per GB
+    in `benchmarks/download.py`) and the client spends some 7% less CPU per GB. The cost is at most
     32 MiB of memory kept for reuse. Skipped when the user set glibc's malloc
     variables themselves, and everywhere but glibc.
     """
@@ -72,7 +74,11 @@ def keep_buffer_memory() -> None:
     with contextlib.suppress(ValueError, OSError):
         if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
             return  # musl and others: no mallopt with these meanings
-        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
+        # The C library this process already runs on; a static or embedded
+        # build may not export mallopt at all.
+        mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+        if mallopt is None:
+            return
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt.restype = ctypes.c_int
         mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)

@@ -115,8 +115,8 @@ class PreparedRun:
     cap: Decimal | None
     concurrency: int
     retry_failed: bool
+    max_wait: float | None  # seconds a run follows a task that has not ended; None: forever
     rows: dict[str, TaskRow] = field(default_factory=dict)
-    max_wait: float | None = None  # seconds a run follows a task that has not ended
 
     @property
     def states(self) -> dict[str, str]:
@@ -176,8 +176,8 @@ def prepare_run(
         cap,
         concurrency,
         retry_failed,
+        max_wait,
         rows,
-        max_wait=max_wait,
     )
 
 
@@ -333,9 +333,12 @@ async def execute(
             )
             if written is None:
                 log.info("run.downloads_interrupted", manifest=the_plan.name)
-                result = dataclasses.replace(result, interrupted=True)
+                result = dataclasses.replace(result, interrupted=True, downloads_interrupted=True)
                 outcome = "interrupted"
         return RunOutcome(result, written)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        outcome = "interrupted"  # cancelled by the caller, in either phase
+        raise
     finally:
         ledger.finish_run(run_id, outcome)
         await api.aclose()
@@ -349,7 +352,10 @@ async def _download_and_report(
     finishing: Coroutine[Any, Any, ReportResult], stopper: Stopper | None
 ) -> ReportResult | None:
     """The end of a run (downloads catching up, then the reports); None if Ctrl-C stopped it."""
-    task = asyncio.ensure_future(finishing)
+    if stopper is not None and stopper.count:
+        finishing.close()  # Ctrl-C came as the executor ended: do not start
+        return None
+    task = asyncio.create_task(finishing)
     if stopper is not None:
         stopper.finishing = task
     try:

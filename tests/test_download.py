@@ -707,6 +707,45 @@ def test_a_cancelled_download_leaves_its_part_and_resumes(ledger: Ledger, output
     run(go())
 
 
+def test_a_file_made_final_while_cancelled_is_still_recorded(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C lands while the worker thread fsyncs and renames: the thread is
+    # let finish, and the file it put in place gets its ledger row before the
+    # cancel goes on, so the next run keeps it instead of fetching it again.
+    row = succeeded(ledger, "cf")
+    data = video_bytes("cf")
+    server = FileServer({"/out/cf.mp4": data})
+    in_final = threading.Event()
+    real_final = download._make_final
+
+    def slow_final(fd: int, part: Path, dest: Path) -> None:
+        in_final.set()
+        time.sleep(0.3)
+        real_final(fd, part, dest)
+
+    monkeypatch.setattr(download, "_make_final", slow_final)
+
+    async def go() -> None:
+        async with server.client() as client:
+            downloader = Downloader(ledger, client, output_dir)
+            task = asyncio.ensure_future(downloader.on_succeeded(row))
+            assert await asyncio.to_thread(in_final.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            [kept] = await downloader.fetch([row])
+            assert kept.outcome == "kept"
+
+    run(go())
+    [output] = ledger.outputs(ENV, row.key)
+    assert output.path is not None
+    assert output.sha256 == sha256(data)
+    final = report_folder(output_dir, "demo") / output.path
+    assert final.read_bytes() == data
+    assert len(server.requests) == 1  # never fetched again
+
+
 def test_an_unreachable_api_fails_only_that_task(ledger: Ledger, output_dir: Path) -> None:
     lost = add_task(ledger, ENV, task_row("mvb1-" + "u" * 32, "shot"), task_id="task_u")
     fine = succeeded(ledger, "ok")

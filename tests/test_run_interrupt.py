@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from run_helpers import write_manifest
 
-from mvbatch import report, workflow
+from mvbatch import progress, report, workflow
 from mvbatch.ledger import Ledger
 from mvbatch.settings import Settings
 
@@ -55,6 +56,10 @@ def test_one_ctrl_c_during_the_final_downloads_stops_them(
     assert outcome.result.interrupted
     assert outcome.report is None
     assert outcome.result.counts == {"succeeded": 2}  # the tasks themselves were done
+    assert outcome.result.downloads_interrupted
+    said = progress.result_view(outcome.result, "mvbatch run ctrlc.toml").plain
+    assert "interrupted during the downloads" in said
+    assert "Resume with: mvbatch run ctrlc.toml" in said
     with Ledger(tmp_path / "state") as ledger:
         run = ledger.last_run("ctrlc")
     assert run is not None
@@ -67,23 +72,19 @@ def test_downloads_cancelled_from_outside_propagate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the stopper's cancel reads as Ctrl-C; a caller cancelling the run still cancels it."""
+    reached = threading.Event()
 
     async def downloads_that_never_end(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.Event().wait()
+        reached.set()
+        await asyncio.sleep(30)
+        raise AssertionError("the cancel never arrived")
 
     monkeypatch.setattr(report, "finish_run", downloads_that_never_end)
     prepared = prepared_run(tmp_path, monkeypatch)
 
     async def main() -> None:
         run = asyncio.ensure_future(workflow.execute(prepared, download=True))
-        while not run.done():
-            await asyncio.sleep(0.05)
-            with Ledger(tmp_path / "state") as ledger:
-                if ledger.last_run("ctrlc") and all(
-                    r.status == "succeeded" for r in ledger.tasks("sim", "ctrlc")
-                ):
-                    break
-        await asyncio.sleep(0.1)
+        assert await asyncio.to_thread(reached.wait, 30)  # the executor is done
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
@@ -92,3 +93,7 @@ def test_downloads_cancelled_from_outside_propagate(
         asyncio.run(main())
     finally:
         prepared.close()
+    with Ledger(tmp_path / "state") as ledger:
+        last = ledger.last_run("ctrlc")
+        assert last is not None
+        assert last["outcome"] == "interrupted"  # not "succeeded": the downloads never ended

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -91,7 +92,7 @@ class FakeLibc:
 
 
 @pytest.fixture
-def fake_libc(monkeypatch: pytest.MonkeyPatch) -> FakeLibc:
+def fake_libc(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLibc]:
     fake = FakeLibc()
 
     def cdll(name: Any) -> Any:
@@ -101,13 +102,22 @@ def fake_libc(monkeypatch: pytest.MonkeyPatch) -> FakeLibc:
     monkeypatch.setattr(tuning.ctypes, "CDLL", cdll)
     for name in [*tuning._MALLOC_ENVIRONMENT, "GLIBC_TUNABLES"]:
         monkeypatch.delenv(name, raising=False)
-    return fake
+    tuning.keep_buffer_memory.cache_clear()  # applied once per process; each test starts anew
+    yield fake
+    tuning.keep_buffer_memory.cache_clear()
 
 
 @glibc_only
-def test_sets_mmap_and_trim_thresholds(fake_libc: FakeLibc) -> None:
+def test_sets_mmap_and_trim_thresholds_once(fake_libc: FakeLibc) -> None:
     tuning.keep_buffer_memory()
+    tuning.keep_buffer_memory()  # every Downloader asks; glibc is told once
     assert fake_libc.calls == [(-3, 1 << 20), (-1, 32 << 20)]
+
+
+@glibc_only
+def test_a_c_library_without_mallopt_is_left_alone(fake_libc: FakeLibc) -> None:
+    del fake_libc.mallopt  # a static or embedded build that does not export it
+    tuning.keep_buffer_memory()  # no AttributeError: the download goes on untuned
 
 
 @glibc_only
@@ -116,6 +126,7 @@ def test_sets_mmap_and_trim_thresholds(fake_libc: FakeLibc) -> None:
     [
         ("MALLOC_TRIM_THRESHOLD_", "1000000"),
         ("MALLOC_MMAP_THRESHOLD_", "65536"),
+        ("MALLOC_TOP_PAD_", "0"),
         ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=1000000"),
     ],
 )
