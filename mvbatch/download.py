@@ -37,6 +37,7 @@ import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -346,11 +347,12 @@ class Downloader:
             return None
         size, sha = record.bytes, record.sha256
         kept = Fetched(job.key, job.idx, job.url, "kept", record.path, sha, size)
-        if info.st_size == size and not _touched_since(info, record.downloaded_at):
+        if _unchanged_since_hashed(info, record):
             return kept
-        # Changed on disk since we recorded it: trust the bytes, not the name.
+        # Changed on disk, or too recently hashed to tell: trust the bytes.
         actual = await asyncio.to_thread(sha256_file, path)
         if info.st_size == size and actual == sha:
+            self.ledger.record_verified(job.row.env, job.key, job.idx, file_stat(info))
             return kept
         log.warning(
             "download.changed_on_disk",
@@ -480,17 +482,19 @@ class Downloader:
             None, _make_final, part.fd, part.path, dest
         )
         try:
-            await _settled(final)
+            final_stat = await _settled(final)
         except asyncio.CancelledError:
             # Cancelled while the thread ran (it is always let finish): if the
             # file is in place, the ledger says so before the cancel goes on,
             # or the next run would fetch it again from its first byte.
             if not final.cancelled() and final.exception() is None:
                 self.ledger.record_download(
-                    job.row.env, job.key, job.idx, job.relpath, digest, part.have
+                    job.row.env, job.key, job.idx, job.relpath, digest, part.have, final.result()
                 )
             raise
-        self.ledger.record_download(job.row.env, job.key, job.idx, job.relpath, digest, part.have)
+        self.ledger.record_download(
+            job.row.env, job.key, job.idx, job.relpath, digest, part.have, final_stat
+        )
         log.info(
             "download.done",
             key=job.key,
@@ -645,19 +649,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _touched_since(info: os.stat_result, downloaded_at: str | None) -> bool:
-    """Whether the file was written after we recorded it (an edit, a copy over it)."""
-    if downloaded_at is None:
-        return True
-    from datetime import datetime
+# Filesystem timestamps come from a coarse clock (a jiffy on Linux, up to two
+# seconds on FAT): a write in the same tick as our last look leaves mtime and
+# ctime as they were. Only a file whose last change is older than this when we
+# hashed it may be trusted by its metadata alone (git's "racily clean" rule).
+_RACY_SECONDS = 2.0
 
+
+def file_stat(info: os.stat_result) -> str:
+    """What identifies one state of a file without reading it.
+
+    ctime is in it because no one can set it: restoring an edited file's
+    mtime still moves its ctime.
+    """
+    return f"{info.st_ino}:{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+
+
+def _unchanged_since_hashed(info: os.stat_result, record: Output) -> bool:
+    """Whether the file is provably the one whose bytes we hashed last."""
+    if record.file_stat is None or record.file_stat != file_stat(info):
+        return False
     try:
-        recorded = datetime.fromisoformat(downloaded_at).timestamp()
+        hashed_at = datetime.fromisoformat(record.verified_at or "").timestamp()
     except ValueError:
-        return True
-    # Our own last write happened before the rename, which happened before
-    # the ledger row was stamped: any later write is someone else's.
-    return info.st_mtime > recorded
+        return False
+    last_change = max(info.st_mtime_ns, info.st_ctime_ns) / 1e9
+    return last_change + _RACY_SECONDS < hashed_at
 
 
 def _open_locked(part: Path) -> int | None:
@@ -852,11 +869,16 @@ async def _settled(future: asyncio.Future[Any]) -> Any:
     return future.result()
 
 
-def _make_final(fd: int, part: Path, dest: Path) -> None:
-    """fsync the part, rename it to `dest`, fsync the folder: in this order."""
+def _make_final(fd: int, part: Path, dest: Path) -> str:
+    """fsync the part, rename it to `dest`, fsync the folder: in this order.
+
+    Returns the final file's `file_stat`, taken after the rename (which moves
+    its ctime on most filesystems).
+    """
     os.fsync(fd)
     part.replace(dest)
     _fsync_dir(dest.parent)
+    return file_stat(os.fstat(fd))
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -201,6 +201,15 @@ def m001_initial(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX latencies_class ON latencies (env, latency_class)")
 
 
+@migration
+def m002_output_file_stat(db: sqlite_utils.Database) -> None:
+    # How a downloaded file looked on disk when its bytes were last hashed, and
+    # when that was: a later run trusts an unchanged file without reading it,
+    # and reads it again when anything about it moved.
+    db.execute("ALTER TABLE outputs ADD COLUMN file_stat TEXT")
+    db.execute("ALTER TABLE outputs ADD COLUMN verified_at TEXT")
+
+
 # ------------------------------------------------------------------ the ledger
 
 
@@ -324,6 +333,8 @@ class Output:
     sha256: str | None
     bytes: int | None
     downloaded_at: str | None
+    file_stat: str | None = None
+    verified_at: str | None = None
 
 
 class Ledger:
@@ -804,19 +815,31 @@ class Ledger:
         path: str,
         sha256: str,
         size: int,
+        file_stat: str | None = None,
     ) -> None:
+        stamp = now()
         with self.transaction() as db:
             db.execute(
-                "UPDATE outputs SET path = ?, sha256 = ?, bytes = ?, downloaded_at = ? "
+                "UPDATE outputs SET path = ?, sha256 = ?, bytes = ?, downloaded_at = ?, "
+                "file_stat = ?, verified_at = ? WHERE env = ? AND key = ? AND idx = ?",
+                [path, sha256, size, stamp, file_stat, stamp, env, key, idx],
+            )
+
+    def record_verified(self, env: str, key: str, idx: int, file_stat: str) -> None:
+        """A recorded file was hashed again and still matches: remember how it looks now."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE outputs SET file_stat = ?, verified_at = ? "
                 "WHERE env = ? AND key = ? AND idx = ?",
-                [path, sha256, size, now(), env, key, idx],
+                [file_stat, now(), env, key, idx],
             )
 
     def outputs(self, env: str, key: str) -> list[Output]:
         return [
             Output(**r)
             for r in self.db.query(
-                "SELECT idx, url, path, sha256, bytes, downloaded_at FROM outputs "
+                "SELECT idx, url, path, sha256, bytes, downloaded_at, file_stat, verified_at "
+                "FROM outputs "
                 "WHERE env = ? AND key = ? ORDER BY idx",
                 [env, key],
             )

@@ -15,6 +15,7 @@ import os
 import string
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -256,6 +257,98 @@ def test_a_touched_but_identical_file_is_rehashed_and_kept(
     [second] = run(fetch_all(ledger, server, output_dir, [row]))
     assert second.outcome == "kept"
     assert len(server.requests) == 1
+
+
+def hashed_later(ledger: Ledger, key: str, seconds: float) -> None:
+    """Pretend the recorded hash was taken `seconds` after the file last changed."""
+    [output] = ledger.outputs(ENV, key)
+    assert output.verified_at is not None
+    later = datetime.fromisoformat(output.verified_at) + timedelta(seconds=seconds)
+    with ledger.transaction() as db:
+        db.execute(
+            "UPDATE outputs SET verified_at = ? WHERE env = ? AND key = ?",
+            [later.isoformat(), ENV, key],
+        )
+
+
+def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    hashed: list[Path] = []
+    real = download.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(download, "sha256_file", counting)
+    return hashed
+
+
+def test_a_file_unchanged_since_it_was_hashed_is_kept_without_reading_it(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = succeeded(ledger, "u1")
+    server = FileServer({"/out/u1.mp4": video_bytes("u1")})
+    run(fetch_all(ledger, server, output_dir, [row]))
+    hashed_later(ledger, row.key, 10)
+    hashed = count_hashes(monkeypatch)
+    [again] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert again.outcome == "kept"
+    assert hashed == []
+    assert len(server.requests) == 1
+
+
+def test_a_file_hashed_in_the_same_tick_it_changed_is_read_once_then_trusted(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Right after a download the file's timestamps cannot tell a later write
+    # in the same clock tick apart: it is read; once it is old enough, not.
+    row = succeeded(ledger, "r2")
+    server = FileServer({"/out/r2.mp4": video_bytes("r2")})
+    run(fetch_all(ledger, server, output_dir, [row]))
+    hashed = count_hashes(monkeypatch)
+    [again] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert (again.outcome, len(hashed)) == ("kept", 1)
+    hashed_later(ledger, row.key, 10)
+    [third] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert (third.outcome, len(hashed)) == ("kept", 1)
+    assert len(server.requests) == 1
+
+
+def test_an_edit_that_restores_size_and_mtime_is_still_caught(
+    ledger: Ledger, output_dir: Path
+) -> None:
+    row = succeeded(ledger, "m1")
+    data = video_bytes("m1")
+    server = FileServer({"/out/m1.mp4": data})
+    [first] = run(fetch_all(ledger, server, output_dir, [row]))
+    hashed_later(ledger, row.key, 10)
+    path = report_folder(output_dir, "demo") / first.path
+    before = path.stat()
+    corrupted = bytearray(data)
+    corrupted[5000] ^= 0xFF
+    path.write_bytes(bytes(corrupted))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # only ctime still tells
+    [second] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert second.outcome == "downloaded"
+    assert path.read_bytes() == data
+    assert len(server.requests) == 2
+
+
+def test_a_ledger_row_without_file_stat_is_hashed_then_trusted(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows written before the ledger kept file metadata (migration m002).
+    row = succeeded(ledger, "o1")
+    server = FileServer({"/out/o1.mp4": video_bytes("o1")})
+    run(fetch_all(ledger, server, output_dir, [row]))
+    with ledger.transaction() as db:
+        db.execute("UPDATE outputs SET file_stat = NULL, verified_at = NULL")
+    hashed = count_hashes(monkeypatch)
+    [again] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert (again.outcome, len(hashed)) == ("kept", 1)
+    [output] = ledger.outputs(ENV, row.key)
+    assert output.file_stat is not None
+    assert output.verified_at is not None
 
 
 def test_a_deleted_file_is_fetched_again(ledger: Ledger, output_dir: Path) -> None:
@@ -719,10 +812,10 @@ def test_a_file_made_final_while_cancelled_is_still_recorded(
     in_final = threading.Event()
     real_final = download._make_final
 
-    def slow_final(fd: int, part: Path, dest: Path) -> None:
+    def slow_final(fd: int, part: Path, dest: Path) -> str:
         in_final.set()
         time.sleep(0.3)
-        real_final(fd, part, dest)
+        return real_final(fd, part, dest)
 
     monkeypatch.setattr(download, "_make_final", slow_final)
 
@@ -873,12 +966,12 @@ def test_the_transfer_slot_is_free_before_fsync_and_rename(
             second_started.set()
         return real_handle(request)
 
-    def final(fd: int, part: Path, dest: Path) -> None:
+    def final(fd: int, part: Path, dest: Path) -> str:
         if dest.name == output_relpath(rows[0], 0).name:
             assert second_started.wait(10), "the next transfer waited for fsync"
             time.sleep(0.3)  # time enough for the second file to arrive, and a third to start
             seen_meanwhile.extend(r.url.path for r in server.requests)
-        real_final(fd, part, dest)
+        return real_final(fd, part, dest)
 
     monkeypatch.setattr(server, "handle", handle)
     monkeypatch.setattr(download, "_make_final", final)

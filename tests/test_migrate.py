@@ -92,7 +92,7 @@ CREATE TABLE outputs (
     path TEXT,
     sha256 TEXT,
     bytes INTEGER,
-    downloaded_at TEXT,
+    downloaded_at TEXT, file_stat TEXT, verified_at TEXT,
     PRIMARY KEY (env, key, idx)
 );
 CREATE TABLE rates (
