@@ -6,6 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# A stalled VM (garbage collection, a neighbour's burst) can hold one example
+# for longer than Hypothesis's 200 ms deadline: that is not a failure of ours.
+settings.register_profile("mvbatch", deadline=None)
+settings.load_profile("mvbatch")
 
 
 @pytest.fixture(autouse=True)
@@ -17,6 +23,18 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     # A `.env` in the working tree must not leak into tests.
     monkeypatch.chdir(tmp_path)
     return
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    import run_helpers
+
+    yield
+    while run_helpers.STARTED:
+        process = run_helpers.STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -181,11 +181,16 @@ def cli(
     )
 
 
+# Every `cli_popen` process, so that a failing test does not leave one running
+# (the autouse `no_leftover_processes` fixture in conftest.py kills them).
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
 def cli_popen(
     args: list[str], env: Mapping[str, str], cwd: Path, out: Path
 ) -> subprocess.Popen[bytes]:
     with out.open("ab") as sink:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "mvbatch", *args],
             env=dict(env),
             cwd=cwd,
@@ -193,3 +198,5 @@ def cli_popen(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+    STARTED.append(process)
+    return process

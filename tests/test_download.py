@@ -328,6 +328,11 @@ def test_an_edit_that_restores_size_and_mtime_is_still_caught(
     corrupted[5000] ^= 0xFF
     path.write_bytes(bytes(corrupted))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # only ctime still tells
+    while path.stat().st_ctime_ns == before.st_ctime_ns:
+        # Same coarse clock tick as the download: wait for the next one, so
+        # that this test proves what it says (ctime moves on every change).
+        time.sleep(0.001)
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     [second] = run(fetch_all(ledger, server, output_dir, [row]))
     assert second.outcome == "downloaded"
     assert path.read_bytes() == data
@@ -809,12 +814,12 @@ def test_a_file_made_final_while_cancelled_is_still_recorded(
     row = succeeded(ledger, "cf")
     data = video_bytes("cf")
     server = FileServer({"/out/cf.mp4": data})
-    in_final = threading.Event()
+    in_final, release = threading.Event(), threading.Event()
     real_final = download._make_final
 
     def slow_final(fd: int, part: Path, dest: Path) -> str:
         in_final.set()
-        time.sleep(0.3)
+        assert release.wait(10)  # the cancel lands while this thread runs
         return real_final(fd, part, dest)
 
     monkeypatch.setattr(download, "_make_final", slow_final)
@@ -825,6 +830,8 @@ def test_a_file_made_final_while_cancelled_is_still_recorded(
             task = asyncio.ensure_future(downloader.on_succeeded(row))
             assert await asyncio.to_thread(in_final.wait, 10)
             task.cancel()
+            await asyncio.sleep(0)  # the cancel is delivered to the waiting task
+            release.set()
             with pytest.raises(asyncio.CancelledError):
                 await task
             [kept] = await downloader.fetch([row])
@@ -893,6 +900,8 @@ def test_a_failed_write_ends_the_output_without_a_hole(
     if where == "worker thread":  # every write is "slow": after the first, they go to threads
         monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", -1.0)
         monkeypatch.setattr(download, "_THREAD_BATCH_BYTES", 512 * 1024)
+    else:  # no write is "slow", however loaded the machine
+        monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", float("inf"))
     real_write_all = download._write_all
     written: list[int] = []
     calls = 0

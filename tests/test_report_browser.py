@@ -98,7 +98,9 @@ def build_sheet(tmp_path: Path) -> tuple[ReportResult, int]:
     return write_report(settings, ledger, plan.name, "sim", plan=plan), succeeded
 
 
-def test_the_contact_sheet_plays_every_video_in_chromium(tmp_path: Path) -> None:
+def test_the_contact_sheet_plays_every_video_in_chromium(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="the playwright package is not installed"
     )
@@ -107,7 +109,7 @@ def test_the_contact_sheet_plays_every_video_in_chromium(tmp_path: Path) -> None
     console: list[str] = []
     requests: list[str] = []
     # Playwright's driver is a Node process it ships: no browser download.
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    monkeypatch.setenv("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
