@@ -259,6 +259,18 @@ def test_a_touched_but_identical_file_is_rehashed_and_kept(
     assert len(server.requests) == 1
 
 
+def downloaded_once(
+    ledger: Ledger, output_dir: Path, name: str
+) -> tuple[TaskRow, FileServer, Path, bytes]:
+    """One task's video fetched and recorded: its row, its host, the file and its bytes."""
+    row = succeeded(ledger, name)
+    data = video_bytes(name)
+    server = FileServer({f"/out/{name}.mp4": data})
+    [first] = run(fetch_all(ledger, server, output_dir, [row]))
+    assert first.path is not None
+    return row, server, report_folder(output_dir, "demo") / first.path, data
+
+
 def hashed_later(ledger: Ledger, key: str, seconds: float) -> None:
     """Pretend the recorded hash was taken `seconds` after the file last changed."""
     [output] = ledger.outputs(ENV, key)
@@ -286,9 +298,7 @@ def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 def test_a_file_unchanged_since_it_was_hashed_is_kept_without_reading_it(
     ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    row = succeeded(ledger, "u1")
-    server = FileServer({"/out/u1.mp4": video_bytes("u1")})
-    run(fetch_all(ledger, server, output_dir, [row]))
+    row, server, _, _ = downloaded_once(ledger, output_dir, "u1")
     hashed_later(ledger, row.key, 10)
     hashed = count_hashes(monkeypatch)
     [again] = run(fetch_all(ledger, server, output_dir, [row]))
@@ -302,9 +312,7 @@ def test_a_file_hashed_in_the_same_tick_it_changed_is_read_once_then_trusted(
 ) -> None:
     # Right after a download the file's timestamps cannot tell a later write
     # in the same clock tick apart: it is read; once it is old enough, not.
-    row = succeeded(ledger, "r2")
-    server = FileServer({"/out/r2.mp4": video_bytes("r2")})
-    run(fetch_all(ledger, server, output_dir, [row]))
+    row, server, _, _ = downloaded_once(ledger, output_dir, "r2")
     hashed = count_hashes(monkeypatch)
     [again] = run(fetch_all(ledger, server, output_dir, [row]))
     assert (again.outcome, len(hashed)) == ("kept", 1)
@@ -317,12 +325,8 @@ def test_a_file_hashed_in_the_same_tick_it_changed_is_read_once_then_trusted(
 def test_an_edit_that_restores_size_and_mtime_is_still_caught(
     ledger: Ledger, output_dir: Path
 ) -> None:
-    row = succeeded(ledger, "m1")
-    data = video_bytes("m1")
-    server = FileServer({"/out/m1.mp4": data})
-    [first] = run(fetch_all(ledger, server, output_dir, [row]))
+    row, server, path, data = downloaded_once(ledger, output_dir, "m1")
     hashed_later(ledger, row.key, 10)
-    path = report_folder(output_dir, "demo") / first.path
     before = path.stat()
     corrupted = bytearray(data)
     corrupted[5000] ^= 0xFF
@@ -343,9 +347,7 @@ def test_a_ledger_row_without_file_stat_is_hashed_then_trusted(
     ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Rows written before the ledger kept file metadata (migration m002).
-    row = succeeded(ledger, "o1")
-    server = FileServer({"/out/o1.mp4": video_bytes("o1")})
-    run(fetch_all(ledger, server, output_dir, [row]))
+    row, server, _, _ = downloaded_once(ledger, output_dir, "o1")
     with ledger.transaction() as db:
         db.execute("UPDATE outputs SET file_stat = NULL, verified_at = NULL")
     hashed = count_hashes(monkeypatch)
