@@ -15,12 +15,14 @@ With the simulator, both clients speak to the same in-process ASGI app through
 
 from __future__ import annotations
 
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
 from mvbatch.errors import ConfigError, UsageError
+from mvbatch.http11 import FilesTransport
 from mvbatch.settings import Settings
 
 SIM_BASE_URL = "http://simulator.mvbatch.invalid/api/v1"
@@ -52,13 +54,24 @@ class Endpoint:
         )
 
     def files_client(self, timeout: float = 60.0, max_connections: int = 16) -> httpx.AsyncClient:
+        transport = self.transport
+        if transport is None and not _environment_proxies():
+            # Bulk bytes: our lean HTTP/1.1 transport (mvbatch.http11). With
+            # a proxy configured, httpx's own transport honours it.
+            transport = FilesTransport(max_connections=max_connections)
         return httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections),
             follow_redirects=True,
-            transport=self.transport,
+            transport=transport,
         )
+
+
+def _environment_proxies() -> bool:
+    """Would httpx route some request through a proxy named by the environment?"""
+    found = urllib.request.getproxies()
+    return any(found.get(scheme) for scheme in ("http", "https", "all"))
 
 
 def choose(
