@@ -44,7 +44,9 @@ def read_larger_bodies() -> None:
     with. It is raised only from its known default (any other value was set
     on purpose and is kept), and it changes how much is read per call, never
     what is read: h11 parses the same bytes the same way. Process-wide, so
-    the API client reads its (small) responses the same way.
+    the API client reads its (small) responses the same way. Live downloads
+    go through `mvbatch.http11` instead, which takes whatever each receive
+    brings; this setting still counts for downloads behind a proxy.
     """
     connection = getattr(httpcore, "AsyncHTTP11Connection", None)
     if connection is not None and getattr(connection, "READ_NUM_BYTES", None) == 64 * 1024:
@@ -55,8 +57,9 @@ def read_larger_bodies() -> None:
 def keep_buffer_memory() -> None:
     """On glibc, serve the 256 KiB receive buffers from the heap and keep freed heap memory.
 
-    Every chunk of a body passes through a few fresh buffers of about 256 KiB
-    (the socket receive, h11's buffer, the bytes handed on). glibc gives
+    Every chunk of a body passes through fresh buffers of about 256 KiB (the
+    socket receive; through httpcore also h11's buffer and the bytes handed
+    on). glibc gives
     blocks that size their own memory mapping or trims them off the heap once
     freed, so each chunk lands in pages the kernel must map and zero again:
     about one page fault per 4 KiB received (measured: 117,000 faults per GB,
