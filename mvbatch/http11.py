@@ -36,9 +36,11 @@ HEAD_LIMIT = 64 << 10  # the most bytes a response head may take (h11's default 
 _PAUSE_BYTES = 1 << 20  # received and not yet read: stop reading the socket above this
 _RESUME_BYTES = 256 << 10
 _LINE_LIMIT = 4 << 10  # a chunk-size line or a trailer line
+_INTERIM_LIMIT = 16  # 1xx responses before the final one
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) (\d{3})(?: (.*))?")
 _UNSAFE_TARGET = re.compile(rb"[\x00-\x20\x7f]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_LENGTH = re.compile(rb"[0-9]{1,18}")  # 10^18 bytes: far past any cap, and int() is safe
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NO_BODY_STATUSES = frozenset({204, 304})
 _SAFE_TO_RETRY = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -168,6 +170,7 @@ class FilesTransport(httpx.AsyncBaseTransport):
         self._slots: asyncio.Semaphore | None = None
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
+        self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         method = request.method.upper()
@@ -206,7 +209,7 @@ class FilesTransport(httpx.AsyncBaseTransport):
     ) -> tuple[_Connection, int, bytes, bytes, list[tuple[bytes, bytes]]]:
         """Send the request head and read the response head, on a pooled or new connection."""
         for retry in (False, True):
-            connection, reused = await self._connection(origin, timeouts)
+            connection, reused = await self._connection(origin, timeouts, fresh=retry)
             try:
                 connection.transport.write(head)
                 status, version, reason, headers = await _read_head(
@@ -227,6 +230,7 @@ class FilesTransport(httpx.AsyncBaseTransport):
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def aclose(self) -> None:
+        self._closed = True  # bodies still being read close their connections when done
         for connections in self._idle.values():
             for connection in connections:
                 connection.close()
@@ -236,9 +240,9 @@ class FilesTransport(httpx.AsyncBaseTransport):
     # -- the pool
 
     async def _connection(
-        self, origin: Origin, timeouts: dict[str, float | None]
+        self, origin: Origin, timeouts: dict[str, float | None], *, fresh: bool
     ) -> tuple[_Connection, bool]:
-        idle = self._idle.get(origin)
+        idle = None if fresh else self._idle.get(origin)
         now = time.monotonic()
         while idle:
             connection = idle.pop()
@@ -260,10 +264,17 @@ class FilesTransport(httpx.AsyncBaseTransport):
                     port,
                     ssl=context,
                     server_hostname=host if context is not None else None,
+                    # Happy Eyeballs (RFC 8305), as httpx's own transport
+                    # does: a black-holed IPv6 address must not eat the
+                    # whole connect timeout before IPv4 is tried.
+                    happy_eyeballs_delay=0.25,
+                    interleave=1,
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"timed out connecting to {host}:{port}") from None
-        except (OSError, ssl.SSLError) as error:
+        except (OSError, ssl.SSLError, UnicodeError) as error:
+            # UnicodeError: a host name the IDNA codec refuses (a label over
+            # 63 characters), which any server can send in a redirect.
             raise httpx.ConnectError(str(error) or type(error).__name__) from error
         assert isinstance(transport, asyncio.Transport)
         return _Connection(origin, transport, protocol)
@@ -276,7 +287,7 @@ class FilesTransport(httpx.AsyncBaseTransport):
 
     def _release(self, connection: _Connection) -> None:
         """The body is done: keep the connection for the next request, or close it."""
-        if connection.protocol.usable:
+        if connection.protocol.usable and not self._closed:
             connection.idle_since = time.monotonic()
             self._idle.setdefault(connection.origin, []).append(connection)
             self._idle_count += 1
@@ -346,7 +357,7 @@ def _origin(url: httpx.URL) -> Origin:
     host = url.raw_host.decode("ascii")
     if not host:
         raise httpx.UnsupportedProtocol("the URL has no host")
-    return scheme, host, url.port or (443 if scheme == "https" else 80)
+    return scheme, host, url.port if url.port is not None else (443 if scheme == "https" else 80)
 
 
 def _request_head(request: httpx.Request) -> bytes:
@@ -381,14 +392,21 @@ async def _read_head(
 ) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
     """Status, minor version ("0"/"1"), reason and headers of the final response."""
     received = bytearray()
+    interim = 0  # 1xx responses before the final one
     while True:
+        first = interim == 0
         end = _head_end(received)
         while end < 0:
             if len(received) > HEAD_LIMIT:
                 break
-            data = await protocol.read(seconds)
+            try:
+                data = await protocol.read(seconds)
+            except httpx.ReadError:
+                if received or not first:
+                    raise
+                raise _Closed from None  # reset before a byte of the answer: maybe stale
             if not data:
-                if received:
+                if received or not first:
                     raise httpx.RemoteProtocolError(
                         "the connection closed inside the response head"
                     )
@@ -402,6 +420,9 @@ async def _read_head(
         if 100 <= status < 200:
             if status == 101:
                 raise httpx.RemoteProtocolError("the server switched protocols unasked")
+            interim += 1
+            if interim > _INTERIM_LIMIT:
+                raise httpx.RemoteProtocolError(f"over {_INTERIM_LIMIT} interim (1xx) responses")
             received = bytearray(rest)  # an interim response (103 Early Hints): the next head
             continue
         protocol.unread(rest)
@@ -454,7 +475,7 @@ def _framing(
     """How the body ends (RFC 9112 §6.3), and whether the connection outlives it."""
     lengths: set[bytes] = set()
     codings: list[bytes] = []
-    persistent = version == b"1"
+    tokens: set[bytes] = set()
     for name, value in headers:
         lowered = name.lower()
         if lowered == b"content-length":
@@ -462,20 +483,23 @@ def _framing(
         elif lowered == b"transfer-encoding":
             codings.extend(c.strip().lower() for c in value.split(b",") if c.strip())
         elif lowered == b"connection":
-            tokens = {t.strip().lower() for t in value.split(b",")}
-            if b"close" in tokens:
-                persistent = False
-            elif b"keep-alive" in tokens and version == b"0":
-                persistent = True
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    # HTTP/1.1 persists unless told to close; HTTP/1.0 only when told to stay.
+    persistent = b"close" not in tokens and (version == b"1" or b"keep-alive" in tokens)
     if method == "HEAD" or status in _NO_BODY_STATUSES:
         return Framing("length", 0, persistent)
     if codings:
-        if codings[-1] == b"chunked":
-            return Framing("chunked", 0, persistent)
-        # Another coding last: the body runs to the end of the connection.
-        return Framing("close", 0, False)
+        if codings != [b"chunked"]:
+            # Any other transfer coding would reach the file still encoded
+            # (httpx decodes Content-Encoding only): refuse it, as httpcore does.
+            raise httpx.RemoteProtocolError(
+                f"unsupported Transfer-Encoding: {b', '.join(codings)[:80]!r}"
+            )
+        # Chunked with a Content-Length as well, or from an HTTP/1.0 server:
+        # chunked wins (RFC 9112 §6.3), but the connection is not trusted again.
+        return Framing("chunked", 0, persistent and version == b"1" and not lengths)
     if lengths:
-        if len(lengths) > 1 or not all(v.isdigit() for v in lengths):
+        if len(lengths) > 1 or not all(_LENGTH.fullmatch(v) for v in lengths):
             raise httpx.RemoteProtocolError("an invalid or conflicting Content-Length")
         return Framing("length", int(lengths.pop()), persistent)
     return Framing("close", 0, False)
@@ -508,8 +532,11 @@ async def _chunked(protocol: _Protocol, seconds: float | None) -> AsyncIterator[
             raise httpx.RemoteProtocolError(f"an invalid chunk size: {line[:40]!r}")
         size = int(size_text, 16)
         if size == 0:
-            while await _line(protocol, seconds):
-                pass  # trailers: nothing here needs them
+            trailers = 0
+            while line := await _line(protocol, seconds):  # nothing here needs trailers
+                trailers += len(line)
+                if trailers > HEAD_LIMIT:
+                    raise httpx.RemoteProtocolError("the trailers are too long")
             return
         async for part in _sized(protocol, size, seconds):
             yield part
@@ -527,7 +554,8 @@ async def _line(protocol: _Protocol, seconds: float | None) -> bytes:
         end = data.find(b"\n")
         if end >= 0:
             protocol.unread(data[end + 1 :])
-            return (received + data[:end]).rstrip(b"\r")
+            line = received + data[:end]
+            return line[:-1] if line.endswith(b"\r") else line
         received += data
         if len(received) > _LINE_LIMIT:
             raise httpx.RemoteProtocolError("a chunk-size line is too long")

@@ -8,7 +8,9 @@ ones named; the downloader's own tests run it against the simulator.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -273,6 +275,12 @@ def test_a_short_body_is_an_error_and_the_connection_is_dropped() -> None:
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "invalid chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1_0\r\n", "invalid chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n", "longer than"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", "Content-Length"),
+        # Codings httpx would not undo: the file would keep them, so they are refused.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n\x1f\x8b", "unsupported Transfer"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "unsupported"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", "unsupported"),
+        (b"HTTP/1.1 103 Early Hints\r\n\r\n" * 17, "interim"),
     ],
 )
 def test_malformed_responses_are_protocol_errors(wire: bytes, message: str) -> None:
@@ -308,6 +316,35 @@ def test_a_stale_kept_alive_connection_is_retried_once_on_a_fresh_one() -> None:
     run(go())
 
 
+def test_a_kept_alive_connection_reset_before_the_answer_is_retried() -> None:
+    connections = 0
+    answered = 0
+
+    async def resets_its_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections, answered
+        connections += 1
+        first = connections == 1
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            if first and answered == 1:
+                # SO_LINGER 0: the close is a reset (RST), not a FIN.
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                return
+            answered += 1
+            writer.write(ok(b"%d" % answered)[0])
+            await writer.drain()
+
+    async def go() -> None:
+        async with serving([], handler=resets_its_first) as server, client() as c:
+            assert (await c.get(server.url)).content == b"1"
+            assert (await c.get(server.url)).content == b"2"
+            assert connections == 2
+
+    run(go())
+
+
 def test_a_fresh_connection_closed_without_an_answer_is_not_retried() -> None:
     async def go() -> None:
         async with serving([None, ok(b"never asked")]) as server, client() as c:
@@ -338,6 +375,68 @@ def test_a_refused_connection_is_a_connect_error() -> None:
         async with client() as c:  # the listener is closed now
             with pytest.raises(httpx.ConnectError):
                 await c.get(f"http://127.0.0.1:{port}/")
+
+    run(go())
+
+
+def test_a_host_name_the_resolver_refuses_is_a_connect_error() -> None:
+    async def go() -> None:
+        async with client() as c:
+            # A label over 63 characters: IDNA refuses it (a redirect can carry one).
+            with pytest.raises(httpx.ConnectError):
+                await c.get("http://" + "a" * 64 + ".example.invalid/")
+
+    run(go())
+
+
+def test_happy_eyeballs_moves_past_an_address_that_never_answers() -> None:
+    # A listener whose accept queue is full drops SYNs: a black hole, like a
+    # broken IPv6 route in front of a dual-stack CDN.
+    hole = socket.socket()
+    hole.bind(("127.0.0.2", 0))
+    hole.listen(0)
+    fillers = [socket.socket() for _ in range(3)]
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(hole.getsockname())
+
+    async def go() -> bytes:
+        loop = asyncio.get_running_loop()
+        async with serving([ok(b"via the second address")]) as server:
+            answers = [
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", hole.getsockname()),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", server.port)),
+            ]
+
+            async def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+                assert host in ("dual.test", b"dual.test")
+                return answers
+
+            loop.getaddrinfo = resolve  # type: ignore[method-assign]
+            # A connect timeout far shorter than a SYN's: only trying both
+            # addresses at once gets through.
+            timeout = httpx.Timeout(10.0, connect=3.0)
+            async with client() as c:
+                response = await c.get(f"http://dual.test:{server.port}/", timeout=timeout)
+                return response.content
+
+    try:
+        assert run(go()) == b"via the second address"
+    finally:
+        for sock in (*fillers, hole):
+            sock.close()
+
+
+def test_a_body_still_read_when_the_transport_closes_does_not_keep_its_connection() -> None:
+    async def go() -> None:
+        async with serving([ok(b"q" * 100_000)]) as server:
+            transport = FilesTransport()
+            c = client(transport)
+            async with c.stream("GET", server.url) as response:
+                await transport.aclose()
+                assert len(await response.aread()) == 100_000
+            assert transport._idle_count == 0
+            await c.aclose()
 
     run(go())
 
