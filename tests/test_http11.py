@@ -105,6 +105,17 @@ def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
+def get_twice(answers: list[Answer]) -> tuple[list[bytes], int]:
+    """Two GETs in a row: their bodies, and how many connections the server saw."""
+
+    async def go() -> tuple[list[bytes], int]:
+        async with serving(answers) as server, client() as c:
+            bodies = [(await c.get(server.url)).content for _ in range(2)]
+            return bodies, server.connections
+
+    return run(go())  # type: ignore[no-any-return]
+
+
 # -- framing
 
 
@@ -132,38 +143,21 @@ def test_a_chunked_body_with_extensions_and_trailers() -> None:
         b"0\r\nX-Checksum: abc\r\n\r\n"
     )
 
-    async def go() -> None:
-        async with serving([(wire, False), ok(b"next")]) as server, client() as c:
-            assert (await c.get(server.url)).content == b"hello 0123456789"
-            assert (await c.get(server.url)).content == b"next"
-            assert server.connections == 1  # the trailers were read to the end
-
-    run(go())
+    # One connection: the trailers were read to the end.
+    assert get_twice([(wire, False), ok(b"next")]) == ([b"hello 0123456789", b"next"], 1)
 
 
 def test_a_body_that_runs_until_the_server_closes() -> None:
-    async def go() -> None:
-        answers: list[Answer] = [
-            (b"HTTP/1.0 200 OK\r\nContent-Type: video/mp4\r\n\r\n" + b"x" * 100_000, True),
-            ok(b"again"),
-        ]
-        async with serving(answers) as server, client() as c:
-            assert (await c.get(server.url)).content == b"x" * 100_000
-            assert (await c.get(server.url)).content == b"again"
-            assert server.connections == 2
-
-    run(go())
+    answers: list[Answer] = [
+        (b"HTTP/1.0 200 OK\r\nContent-Type: video/mp4\r\n\r\n" + b"x" * 100_000, True),
+        ok(b"again"),
+    ]
+    assert get_twice(answers) == ([b"x" * 100_000, b"again"], 2)
 
 
 def test_connection_close_is_never_reused() -> None:
-    async def go() -> None:
-        answers = [ok(b"one", "Connection: close"), ok(b"two")]
-        async with serving(answers) as server, client() as c:
-            assert (await c.get(server.url)).content == b"one"
-            assert (await c.get(server.url)).content == b"two"
-            assert server.connections == 2
-
-    run(go())
+    answers = [ok(b"one", "Connection: close"), ok(b"two")]
+    assert get_twice(answers) == ([b"one", b"two"], 2)
 
 
 def test_interim_responses_folded_headers_and_bare_line_feeds() -> None:
@@ -185,14 +179,8 @@ def test_interim_responses_folded_headers_and_bare_line_feeds() -> None:
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_statuses_without_a_body_keep_the_connection(status: int) -> None:
-    async def go() -> None:
-        answers: list[Answer] = [(f"HTTP/1.1 {status} X\r\n\r\n".encode(), False), ok(b"after")]
-        async with serving(answers) as server, client() as c:
-            assert (await c.get(server.url)).content == b""
-            assert (await c.get(server.url)).content == b"after"
-            assert server.connections == 1
-
-    run(go())
+    answers: list[Answer] = [(f"HTTP/1.1 {status} X\r\n\r\n".encode(), False), ok(b"after")]
+    assert get_twice(answers) == ([b"", b"after"], 1)
 
 
 def test_head_reads_no_body_even_with_a_length() -> None:
