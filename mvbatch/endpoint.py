@@ -8,9 +8,9 @@ simulator, said loudly by the CLI), the ledger side it implies (`env` "live" or
   origin; it never follows redirects, so the header cannot travel elsewhere;
 - the files client, which carries no credentials at all and may follow
   redirects, because output videos live on other hosts (CDNs, buckets). Live,
-  it runs on our lean HTTP/1.1 transport (`mvbatch.http11`: a gigabyte of
-  video costs about half the CPU it costs through httpcore), unless the
-  environment names a proxy, which only httpx's own transport honours.
+  it runs on our lean HTTP/1.1 transport (`mvbatch.http11`: a download
+  costs about a fifth less CPU than through httpcore, BENCHMARKS.md), unless
+  the environment names a proxy, which only httpx's own transport honours.
 
 With the simulator, both clients speak to the same in-process ASGI app through
 `httpx.ASGITransport`: no socket, no port, same code path as live.

@@ -59,9 +59,8 @@ def keep_buffer_memory() -> None:
 
     Every chunk of a body passes through fresh buffers of about 256 KiB (the
     socket receive; through httpcore also h11's buffer and the bytes handed
-    on). glibc gives
-    blocks that size their own memory mapping or trims them off the heap once
-    freed, so each chunk lands in pages the kernel must map and zero again:
+    on). glibc gives blocks that size their own memory mapping or trims them
+    off the heap once freed, so each chunk lands in pages the kernel must map and zero again:
     about one page fault per 4 KiB received (measured: 117,000 faults per GB,
     and on a virtual machine whose host takes freed memory back, each fault
     is dear). With blocks under 1 MiB served from the heap and up to 32 MiB
