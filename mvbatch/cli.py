@@ -19,54 +19,52 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
 from mvbatch import logs
 from mvbatch.errors import MvbatchError
 from mvbatch.settings import Settings, load_settings
+from mvbatch.terminal import Terminal
+
+EPILOG = """\b
+Exit codes: 0 everything asked for succeeded; 1 some tasks failed, were
+cancelled or were not finished; 2 usage or manifest error (nothing
+submitted); 3 refused by the budget (nothing over the cap submitted);
+4 API, authentication or configuration error; 130 interrupted (resume by
+running the same command again).
+
+\b
+Environment:
+  MINDVIDEO_API_KEY   the API key; unset means the built-in simulator. Also
+                      read from a .env file in the working directory (every
+                      run says which source chose live or simulated mode).
+  MINDVIDEO_BASE_URL  API base URL (default https://api.mindvideo.ai/api/v1)
+  MVBATCH_STATE_DIR   the ledger and the logs (default ./state)
+  MVBATCH_OUTPUT_DIR  videos and reports (default ./outputs)
+
+\b
+Log file: MVBATCH_STATE_DIR/logs/mvbatch.jsonl (JSON lines, every event from
+info up); an unexpected error's traceback goes beside it as crash-*.log.
+"""
 
 app = typer.Typer(
     name="mvbatch",
     help="Plan, run and report batches of MindVideo video generation tasks.",
+    epilog=EPILOG,
     no_args_is_help=True,
     add_completion=False,
+    # Plain help: Rich panels cut long option names to the terminal's width
+    # (and to 80 columns in a pipe) and label every flag `<bool>`.
+    rich_markup_mode=None,
     # Local variables would include the settings, and so the API key.
     pretty_exceptions_show_locals=False,
     pretty_exceptions_enable=False,
 )
 
-
-class _Redacting:
-    """A text stream that passes everything through `logs.redact_text`.
-
-    Only this module prints, so wrapping its two consoles guarantees that no
-    credential reaches the terminal, even one echoed back in a server message.
-    The real stream is looked up at each write, as test runners swap them.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    @property
-    def stream(self) -> Any:
-        return getattr(sys, self.name)
-
-    def write(self, text: str) -> int:
-        return int(self.stream.write(logs.redact_text(text)))
-
-    def flush(self) -> None:
-        self.stream.flush()
-
-    def isatty(self) -> bool:
-        return bool(self.stream.isatty())
-
-    def fileno(self) -> int:
-        return int(self.stream.fileno())
-
-
-out = Console(file=_Redacting("stdout"), soft_wrap=True)  # type: ignore[arg-type]
-err = Console(file=_Redacting("stderr"), soft_wrap=True)  # type: ignore[arg-type]
+# The terminal of the command being run: built by `_options` from the streams
+# the process has when the command starts (see `mvbatch.terminal` for why it
+# must never look them up again), and replaced for each command.
+terminal = Terminal(sys.stdout, sys.stderr)
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The console logging chosen by the global options; `run` adds its log file.
@@ -90,24 +88,33 @@ def _edge(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except MvbatchError as error:
-            err.print(
-                f"[bold red]error:[/] {escape(logs.redact_text(error.message))}",
-                highlight=False,
-                markup=True,
+            message = Text.assemble(("error:", "bold red"), " ", logs.redact_text(error.message))
+            terminal.say(
+                message,
+                event="cli.error",
+                level="error",
+                exit_code=error.exit_code,
+                hint=error.hint,
             )
-            if error.hint:
-                err.print(error.hint, highlight=False)
+            if error.hint and not terminal.json:
+                terminal.say(error.hint, event="cli.hint")
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
-            err.print("interrupted")
+            terminal.say("interrupted", event="cli.interrupted", level="warning")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception:
             where = _write_crash_log()
-            err.print(
-                f"[bold red]internal error[/]: this is a bug in mvbatch. The traceback is in "
-                f"{where}; please attach it to a bug report."
+            terminal.say(
+                Text.assemble(
+                    ("internal error", "bold red"),
+                    f": this is a bug in mvbatch. The traceback is in {where}; "
+                    "please attach it to a bug report.",
+                ),
+                event="cli.crashed",
+                level="error",
+                crash_log=str(where),
             )
             raise typer.Exit(1) from None
 
@@ -127,27 +134,66 @@ def _write_crash_log() -> Path:
 
 @app.callback()
 def _options(
+    context: typer.Context,
     log_format: Annotated[
-        str, typer.Option("--log-format", help="Console log format: auto, console or json.")
+        str,
+        typer.Option(
+            "--log-format",
+            metavar="FORMAT",
+            help="What stderr speaks: auto (text on a terminal, JSON lines for log events "
+            "otherwise), console, or json (every message, progress line and error as a "
+            "JSON line).",
+        ),
     ] = "auto",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log info events too.")] = False,
 ) -> None:
+    global terminal  # noqa: PLW0603 - one terminal per command, see above
     if log_format not in ("auto", "console", "json"):
         raise typer.BadParameter("expected auto, console or json", param_hint="--log-format")
+    terminal = Terminal(sys.stdout, sys.stderr, log_format)  # type: ignore[arg-type]
     _LOGGING.update(format=log_format, level="info" if verbose else "warning")
-    logs.configure(log_format, "info" if verbose else "warning")  # type: ignore[arg-type]
+    _configure_logs()
+    # The terminal is this command's: once it ends, log events (from a test
+    # runner, a library) go to whatever stderr is then, not to its streams.
+    context.call_on_close(_release_terminal)
 
 
-@app.command()
+def _release_terminal() -> None:
+    logs.configure(_LOGGING["format"], _LOGGING["level"])  # type: ignore[arg-type]
+
+
+def _configure_logs(log_file: Path | None = None) -> None:
+    logs.configure(
+        _LOGGING["format"],  # type: ignore[arg-type]
+        _LOGGING["level"],
+        log_file=log_file,
+        sink=terminal.log_line,
+        tty=terminal.err.is_terminal,
+    )
+
+
+@app.command(epilog=EPILOG)
 @_edge
 def plan(
-    manifest: Annotated[Path, typer.Argument(help="The TOML manifest of shots.")],
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest of shots.")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the reviewed plan to this TOML file.")
     ] = None,
 ) -> None:
-    """Show every task the manifest asks for, its key, its state and what it will cost."""
+    """Show every task the manifest asks for and what it will cost, before anything is spent.
+
+    The table has one row per shot: its model(s), how many matrix variants
+    and tasks (variants x takes) it plans, how many are still to submit
+    (tasks not yet in the ledger), their estimated cost, and where each price
+    comes from: documented (reproduces the API docs' example costs), learned
+    (from the server's estimates recorded in this ledger) or assumed (a tier
+    the docs do not price, chosen on the high side; a run sends one such task
+    first to learn the real rate). Below it: the totals, the cap and its
+    source, and warnings. --json prints every task with its key and state.
+    """
     from mvbatch import planfile, render
     from mvbatch.workflow import build_plan, ledger_states
 
@@ -155,14 +201,17 @@ def plan(
     the_plan = build_plan(manifest, settings)
     states = ledger_states(the_plan, settings)
     if as_json:
-        sys.stdout.write(
+        terminal.stdout.write(
             json.dumps(render.plan_document(the_plan, states), ensure_ascii=False, indent=2) + "\n"
         )
     else:
-        out.print(render.plan_view(the_plan, states))
+        terminal.print(render.plan_view(the_plan, states))
     if out_file is not None:
         planfile.write(the_plan, out_file)
-        (err if as_json else out).print(f"plan written to {out_file}")
+        if as_json:
+            terminal.say(f"plan written to {out_file}", event="plan.written", path=str(out_file))
+        else:
+            terminal.print(f"plan written to {out_file}")
 
 
 # ------------------------------------------------------------------ run and status
@@ -172,10 +221,12 @@ def plan(
 # executor itself never prints: it is watched through `progress.Display`.
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @_edge
 def run(  # options are keyword-only: Typer passes them by name
-    manifest: Annotated[Path, typer.Argument(help="The TOML manifest, or a reviewed PLAN.toml.")],
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest, or a reviewed PLAN.toml.")
+    ],
     *,
     yes: Annotated[
         bool, typer.Option("--yes", "-y", help="Do not ask before spending money (live runs).")
@@ -208,7 +259,9 @@ def run(  # options are keyword-only: Typer passes them by name
     retry_failed: Annotated[
         bool,
         typer.Option(
-            "--retry-failed", help="Submit failed tasks again under new keys (charged again)."
+            "--retry-failed",
+            help="Submit failed and rejected tasks again under new keys: each is a new task, "
+            "charged as one.",
         ),
     ] = False,
     max_wait: Annotated[
@@ -223,8 +276,14 @@ def run(  # options are keyword-only: Typer passes them by name
 ) -> None:
     """Execute a plan: submit each task once, follow it to the end, download the videos.
 
+    Live or simulated: with MINDVIDEO_API_KEY set (in the environment, or in
+    a .env file in the working directory) the run is live and, without
+    --yes, asks before spending; without it the built-in simulator runs and
+    nothing is charged. The run's first line says which, and why.
+
     Re-running the same command resumes: finished tasks are skipped, tasks in
-    flight are followed, nothing is charged twice.
+    flight are followed, nothing is charged twice. Ctrl-C stops submitting
+    and records what was sent; Ctrl-C again quits at once (still safe).
     """
     _run_command(
         manifest,
@@ -261,11 +320,7 @@ def _run_command(
     if simulate and live:
         raise UsageError("--simulate and --live exclude each other")
     settings = _settings()
-    logs.configure(
-        _LOGGING["format"],  # type: ignore[arg-type]
-        _LOGGING["level"],
-        log_file=settings.state_dir / "logs" / "mvbatch.jsonl",
-    )
+    _configure_logs(settings.state_dir / "logs" / "mvbatch.jsonl")
     prepared = workflow.prepare_run(
         manifest,
         settings,
@@ -277,32 +332,37 @@ def _run_command(
     )
     try:
         endpoint = prepared.endpoint
-        if endpoint.simulated and not simulate:
-            err.print(
-                "[bold cyan]no MINDVIDEO_API_KEY: running on the built-in simulator "
-                "(nothing is charged; set the key for real videos)[/]",
-                highlight=False,
-            )
-        out.print(render.plan_view(prepared.plan, prepared.states))
-        out.print(progress.preflight_view(prepared.check, endpoint.simulated))
+        _say_mode(settings, endpoint, simulate=simulate, live=live)
+        terminal.print(render.plan_view(prepared.plan, prepared.states, max_cost=prepared.max_cost))
+        terminal.print(progress.preflight_view(prepared.check, endpoint.simulated))
         check_budget(prepared.check)
         again = "mvbatch " + shlex.join(a for a in sys.argv[1:] if a != "--retry-failed")
         check = prepared.check
         if check.work == 0 and not download:
-            out.print("nothing to do: every task is finished")
+            terminal.print("nothing to do: every task is finished")
             raise typer.Exit(1 if check.failed else 0)
         if not endpoint.simulated and not yes and check.new + check.retry + check.resume:
             _confirm(check)
-        display: Callable[[Any], Any] = lambda ex: progress.Display(err, ex.snapshot)  # noqa: E731
+        display: Callable[[Any], Any] = lambda ex: progress.Display(terminal, ex.snapshot)  # noqa: E731
         stopper = workflow.Stopper(
-            on_first=lambda phase: err.print(
-                "[yellow]stopping the downloads; part files are kept to resume. "
-                "Ctrl-C again to quit at once (still safe)[/]"
+            on_first=lambda phase: terminal.say(
+                "stopping the downloads; part files are kept to resume. "
+                "Ctrl-C again to quit at once (still safe)"
                 if phase == "downloads"
-                else "[yellow]stopping: no new submissions; recording what "
-                "was sent. Ctrl-C again to quit at once (still safe)[/]"
+                else "stopping: no new submissions; recording what "
+                "was sent. Ctrl-C again to quit at once (still safe)",
+                event="run.stopping",
+                level="warning",
+                style="yellow",
+                phase=phase,
             ),
-            on_second=lambda: err.print(f"[yellow]quitting now; resume with: {again}[/]"),
+            on_second=lambda: terminal.say(
+                f"quitting now; resume with: {again}",
+                event="run.quit",
+                level="warning",
+                style="yellow",
+                resume=again,
+            ),
         )
         outcome = asyncio.run(
             workflow.execute(prepared, download=download, watch=display, stopper=stopper)
@@ -310,10 +370,14 @@ def _run_command(
     finally:
         prepared.close()
     result = outcome.result
-    out.print(progress.result_view(result, again))
+    terminal.print(
+        progress.result_view(
+            result, again, report=outcome.report.report if outcome.report is not None else None
+        )
+    )
     if outcome.report is not None:
         for text in outcome.report.summary():
-            out.print(text, highlight=False)
+            terminal.print(text, highlight=False)
     if result.interrupted:
         raise typer.Exit(130)
     if result.held:
@@ -322,6 +386,31 @@ def _run_command(
         raise typer.Exit(1)
     if download and outcome.report is not None and not outcome.report.complete:
         raise typer.Exit(1)
+
+
+def _say_mode(settings: Settings, endpoint: Any, *, simulate: bool, live: bool) -> None:
+    """Say which mode this run is in and what chose it (never the key itself)."""
+    if endpoint.simulated:
+        why = "--simulate" if simulate else "no MINDVIDEO_API_KEY in the environment or in ./.env"
+        terminal.say(
+            f"simulated ({why}): the built-in simulator, nothing is charged"
+            + ("" if simulate else "; set MINDVIDEO_API_KEY for real videos"),
+            event="run.mode",
+            style="bold cyan",
+            mode="simulated",
+            source="--simulate" if simulate else "no key",
+        )
+        return
+    source = settings.key_source() or "?"
+    terminal.say(
+        f"live: MINDVIDEO_API_KEY from {source}{' (--live)' if live else ''}, "
+        f"API {endpoint.base_url}: tasks are charged to your account",
+        event="run.mode",
+        style="bold magenta",
+        mode="live",
+        source=source,
+        base_url=endpoint.base_url,
+    )
 
 
 def _usd_option(text: str | None) -> Any:
@@ -364,26 +453,34 @@ def _confirm(check: Any) -> None:
         raise BudgetError("not confirmed: nothing was submitted")
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @_edge
 def status(
-    manifest: Annotated[Path, typer.Argument(help="The TOML manifest (or PLAN.toml).")],
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest (or PLAN.toml).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
-    """Counts by status, spend and what is left, from the ledger alone (no request)."""
+    """Counts by status, spend and what is left: the ledger and the manifest's plan, no request.
+
+    Before the first run it shows the plan's tasks as left, with their
+    estimate. Like `plan`, it reads only reference videos' MP4 headers.
+    """
     from mvbatch import progress, workflow
 
     document = workflow.status_document(manifest, _settings())
     if as_json:
-        sys.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        terminal.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     else:
-        out.print(progress.status_view(document))
+        terminal.print(progress.status_view(document))
 
 
-@app.command()
+@app.command(epilog=EPILOG)
 @_edge
 def report(
-    manifest: Annotated[Path, typer.Argument(help="The TOML manifest that was run.")],
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest that was run.")
+    ],
     no_download: Annotated[
         bool, typer.Option("--no-download", help="Write the reports without fetching videos.")
     ] = False,
@@ -393,7 +490,7 @@ def report(
 
     result = report_command(_settings(), manifest, download=not no_download)
     for line in result.summary():
-        out.print(line, highlight=False)
+        terminal.print(line, highlight=False)
     counts = result.report.counts
     unfinished = sum(counts.get(s, 0) for s in ("failed", "cancelled", "pending", "rejected"))
     missing = result.report.download_totals["missing"]

@@ -13,7 +13,7 @@ import atexit
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -73,18 +73,18 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
 
 
 class _Console:
-    """Writes rendered lines to a given stream, or to whatever `sys.stderr` is now.
+    """Writes rendered lines to a sink (the CLI's terminal), a given stream,
+    or, for library use without either, to whatever `sys.stderr` is now."""
 
-    Looking stderr up at each write (instead of holding the object seen at
-    configuration) keeps logging working when a test runner swaps and closes
-    streams between commands.
-    """
-
-    def __init__(self, stream: TextIO | None) -> None:
+    def __init__(self, stream: TextIO | None, sink: Callable[[str], None] | None) -> None:
         self.stream = stream
+        self.sink = sink
 
     def msg(self, message: str) -> None:
-        print(message, file=self.stream or sys.stderr, flush=True)
+        if self.sink is not None:
+            self.sink(message)
+        else:
+            print(message, file=self.stream or sys.stderr, flush=True)
 
     log = debug = info = warning = warn = error = critical = exception = msg
 
@@ -94,9 +94,18 @@ def configure(
     level: str = "warning",
     log_file: Path | None = None,
     stream: TextIO | None = None,
+    *,
+    sink: Callable[[str], None] | None = None,
+    tty: bool | None = None,
 ) -> None:
-    """Console output goes to stderr at `level`; the log file, if any, gets JSON at info."""
-    tty = (stream or sys.stderr).isatty()
+    """Console output goes to stderr at `level`; the log file, if any, gets JSON at info.
+
+    `sink` (with `tty`, whether it ends on a terminal) takes each rendered
+    console line instead of a stream: the CLI passes its terminal, the one
+    owner of stderr.
+    """
+    if tty is None:
+        tty = (stream or sys.stderr).isatty()
     use_json = log_format == "json" or (log_format == "auto" and not tty)
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -135,7 +144,7 @@ def configure(
 
     structlog.configure(
         processors=[*shared, route],
-        logger_factory=lambda *_: _Console(stream),
+        logger_factory=lambda *_: _Console(stream, sink),
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=False,
     )

@@ -1,10 +1,10 @@
 """How a run looks while it runs and when it ends: live display, plain lines, summaries.
 
 Owns: the Rich live panel on a terminal (queued, processing, succeeded, failed,
-spend against the cap, ETA), one plain line every few seconds otherwise, and
-the renderables of the preflight check, the run's outcome and `status`. It
-reads `executor.Snapshot`s and `RunResult`s and never changes them; it is part
-of the CLI layer, the only one allowed to print.
+spend against the cap, ETA), one plain or JSON line every few seconds
+otherwise, and the renderables of the preflight check, the run's outcome and
+`status`. It reads `executor.Snapshot`s and `RunResult`s and never changes
+them; it is part of the CLI layer, the only one allowed to print.
 """
 
 from __future__ import annotations
@@ -13,16 +13,18 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from mvbatch.executor import Preflight, RunResult, Snapshot
+from mvbatch.terminal import Terminal
 
-PLAIN_INTERVAL = 5.0
+PLAIN_INTERVAL = 5.0  # seconds between progress lines without a terminal
+LIVE_INTERVAL = 0.25  # seconds between redraws of the live panel
 
 
 def money(value: Decimal | None) -> str:
@@ -113,85 +115,114 @@ def panel(snapshot: Snapshot) -> RenderableType:
     return Group(*parts)
 
 
-class _Renderable:
-    def __init__(self, take: Callable[[], Snapshot]) -> None:
-        self.take = take
-
-    def __rich__(self) -> RenderableType:
-        return panel(self.take())
-
-
 class Display:
-    """The progress of one run: a live panel on a terminal, plain lines otherwise."""
+    """The progress of one run: a live panel for a person, progress lines otherwise.
+
+    On a terminal the panel is redrawn every `LIVE_INTERVAL` seconds from a
+    task on the run's own event loop, so the executor's state is read on the
+    thread that changes it and no refresh thread competes for the console or
+    for Ctrl-C. Without a terminal (pipes, CI) a line is printed every
+    `interval` seconds when something changed; under `--log-format json` the
+    line is a `run.progress` JSON object.
+    """
 
     def __init__(
         self,
-        console: Console,
+        terminal: Terminal,
         take: Callable[[], Snapshot],
-        live: bool | None = None,
         interval: float = PLAIN_INTERVAL,
     ) -> None:
-        self.console = console
+        self.terminal = terminal
         self.take = take
-        self.live_mode = console.is_terminal if live is None else live
-        self.interval = interval
+        self.live_mode = terminal.interactive
+        self.interval = LIVE_INTERVAL if self.live_mode else interval
         self._live: Live | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._last = ""
 
     async def __aenter__(self) -> Display:
         if self.live_mode:
+            # auto_refresh=False: no thread of Rich's own; `_tick` redraws.
             self._live = Live(
-                _Renderable(self.take), console=self.console, refresh_per_second=4, transient=False
+                panel(self.take()),
+                console=self.terminal.err,
+                auto_refresh=False,
+                transient=False,
+                redirect_stdout=False,
             )
-            self._live.start()
-        else:
-            self._ticker = asyncio.create_task(self._tick())
+            self._live.start(refresh=True)
+        self._ticker = asyncio.create_task(self._tick())
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        if self._live is not None:
+            live, self._live = self._live, None
+            with contextlib.suppress(Exception):
+                live.update(panel(self.take()), refresh=True)
+            live.stop()
+        else:
             self._plain(force=True)
-
-    def note(self, message: str, style: str = "yellow") -> None:
-        """A message above the live panel (or a plain line)."""
-        self.console.print(Text(message, style=style))
 
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            self._plain()
+            if self._live is not None:
+                self._live.update(panel(self.take()), refresh=True)
+            else:
+                self._plain()
 
     def _plain(self, force: bool = False) -> None:
-        with contextlib.suppress(Exception):
-            text = line(self.take())
-            # Skip lines that would only repeat the last one (but for the clock).
-            body = text.split("] ", 1)[-1]
-            if force or body != self._last:
-                self._last = body
-                self.console.print(text, highlight=False, markup=False)
+        snapshot = self.take()
+        text = line(snapshot)
+        # Skip lines that would only repeat the last one (but for the clock).
+        body = text.split("] ", 1)[-1]
+        if not force and body == self._last:
+            return
+        self._last = body
+        if self.terminal.json:
+            fields: dict[str, Any] = {
+                "manifest": snapshot.manifest,
+                "total": snapshot.total,
+                **_counts(snapshot),
+                "spent": str(snapshot.spent),
+                "committed": str(snapshot.committed),
+                "cap": None if snapshot.cap is None else str(snapshot.cap),
+                "elapsed": round(snapshot.elapsed, 1),
+                "eta": None if snapshot.eta is None else round(snapshot.eta, 1),
+            }
+            self.terminal.write_json("run.progress", **fields)
+        else:
+            self.terminal.err.print(text, highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------- before and after
+#
+# Every figure a run or `status` prints is named where a person first meets
+# it: the plan view names the estimate and the cap (render.plan_view); the
+# preflight names committed, projected, "at least" and the spent/committed of
+# the progress lines; the run summary and `status` name what they add. A task
+# that did not succeed says what it cost: "rejected (not charged)", "failed
+# (charged $0.0414)", "failed (not charged)" (render.status_words).
+
+if TYPE_CHECKING:
+    from mvbatch.report import Report
 
 
 def preflight_view(check: Preflight, simulated: bool) -> RenderableType:
     lines = Text()
     todo = []
     if check.new:
-        todo.append(f"{check.new} to submit ({money(check.new_cost)})")
+        todo.append(f"{check.new} to submit (estimated {money(check.new_cost)})")
     if check.retry:
         todo.append(
-            f"{check.retry} failed to retry under new keys ({money(check.retry_cost)}, "
-            "charged again)"
+            f"{check.retry} failed to submit again as new tasks (--retry-failed: each goes "
+            f"under a new key and is charged as a new task; estimated {money(check.retry_cost)})"
         )
     if check.resume:
         todo.append(f"{check.resume} to re-send under their keys (no new charge)")
@@ -200,40 +231,87 @@ def preflight_view(check: Preflight, simulated: bool) -> RenderableType:
     if check.done:
         todo.append(f"{check.done} done")
     if check.failed:
-        todo.append(f"{check.failed} failed (re-run with --retry-failed to try again)")
+        todo.append(
+            f"{check.failed} failed, not retried (--retry-failed submits failed tasks again "
+            "as new tasks, each charged as new)"
+        )
     lines.append("run: " + ("; ".join(todo) or "nothing to do"))
-    lines.append(f"\ncommitted so far {money(check.committed)}, projected {money(check.projected)}")
+    lines.append(
+        f"\ncommitted so far {money(check.committed)} (committed = what this manifest's tasks "
+        "count for against the cap: the charge of each finished task, the server's estimate "
+        "of each one still running, ours until it answers)"
+    )
+    lines.append(
+        f"\nprojected {money(check.projected)} (committed so far + the estimates of the tasks "
+        "to submit)"
+    )
     if check.cap is not None:
         lines.append(f", cap {money(check.cap)}")
     if simulated:
         lines.append("  (simulated: nothing is charged)", "cyan")
+    if check.floor != check.projected:
+        lines.append(
+            f"\nat least {money(check.floor)} (the least this run commits before it knows the "
+            "assumed prices: committed so far + the tasks whose price is documented or learned "
+            "+ one task of each assumed-price tier, which goes alone first to learn its real "
+            "rate)"
+        )
     if check.uncertain:
         lines.append(
-            f"\nthe projection exceeds the cap only at assumed prices "
+            f"\nprojected is over the cap only at assumed prices "
             f"({', '.join(check.assumed_classes)}): one task of each is sent first to learn "
             "the real rate, and nothing is submitted past the cap",
             style="yellow",
         )
+    if check.work and not check.over_cap:
+        lines.append(
+            "\nwhile it runs: spent = what the server charged for the tasks that ended; no task is "
+            "submitted that would take committed over the cap",
+            style="dim",
+        )
     return lines
 
 
-def result_view(result: RunResult, command: str) -> RenderableType:
+def result_view(result: RunResult, command: str, *, report: Report | None = None) -> RenderableType:
+    """The outcome of a run, with words that say what each task that did not succeed cost.
+
+    `report` is the run's report (`RunOutcome.report.report`) when it wrote one:
+    from it each failed task says whether the server charged it and how much.
+    Without it (an interrupted run) the words come from the counts alone:
+    a rejected task is never charged, a failed one may have been.
+    """
+    from mvbatch.pricing import total
+    from mvbatch.render import failures_by_charge
+
     counts = result.counts
+    entries = {t.key: t for t in report.tasks} if report is not None else {}
+    failed_keys = list(dict.fromkeys(key for _, key, _ in result.failures))
+    failed = [entries[k] for k in failed_keys if k in entries]
+    known = report is not None and len(failed) == len(failed_keys)
     text = Text()
     text.append(f"{result.manifest}: ", "bold")
     text.append(f"{counts.get('succeeded', 0)} succeeded", "green")
-    if result.failed:
-        text.append(f", {result.failed} failed", "red")
+    if known:
+        for group in failures_by_charge((t.status, t.charge) for t in failed):
+            text.append(f", {group['tasks']} {group['text']}", "red")
+    else:
+        for status in ("failed", "cancelled"):
+            if counts.get(status):
+                text.append(f", {counts[status]} {status}", "red")
+        if counts.get("rejected"):
+            text.append(f", {counts['rejected']} rejected (not charged)", "red")
     if result.pending:
         text.append(f", {result.pending} not finished")
     text.append(f" of {result.total}; spent {money(result.spent)}")
     if result.cap is not None:
-        text.append(f", committed {money(result.committed)} of {money(result.cap)}")
+        text.append(f", committed {money(result.committed)} of the {money(result.cap)} cap")
     if result.simulated:
-        text.append(" (simulated)", "cyan")
-    text.append(f"; {result.submitted} submitted in {duration(result.elapsed)}")
+        text.append(" (simulated: nothing is charged)", "cyan")
+    text.append(f"; {result.submitted} submitted by this run in {duration(result.elapsed)}")
     for shot, key, message in result.failures[:10]:
-        text.append(f"\nfailed: {shot} {key}: {message}", "red")
+        entry = entries.get(key)
+        words = entry.status_text if entry is not None else "failed"
+        text.append(f"\n{words}: {shot} {key}: {message}", "red")
     if len(result.failures) > 10:
         text.append(f"\n... and {len(result.failures) - 10} more (see `mvbatch report`)", "red")
     if result.unfollowed_message:
@@ -259,14 +337,35 @@ def result_view(result: RunResult, command: str) -> RenderableType:
             "yellow",
         )
     elif result.failed:
-        text.append(
-            f"\nto try the failed tasks again (charged again): {command} --retry-failed", "dim"
+        hint = (
+            f"\nto try the {result.failed} failed task(s) again: {command} --retry-failed "
+            "(each goes as a new task under a new key and is charged as one"
         )
+        if known:
+            hint += (
+                f": about {money(total([t.estimate_local for t in failed]))} in all at the "
+                "plan's estimates"
+            )
+            if any(t.charge is not None and t.charge.kind == "charged" for t in failed):
+                hint += "; what the failed attempts were charged stays spent"
+            if any(t.status == "rejected" for t in failed):
+                hint += (
+                    "; a rejected task is sent unchanged, so a refusal of its input is "
+                    "likely to repeat (not charged)"
+                )
+        text.append(hint + ")", "dim")
     return text
+
+
+STATUS_WORDS = {
+    "planned": "planned (not submitted yet)",
+    "submitting": "submitting (sent, no answer yet)",
+}
 
 
 def status_view(doc: Mapping[str, Any]) -> RenderableType:
     counts: Mapping[str, int] = doc["counts"]
+    groups: list[Mapping[str, Any]] = doc.get("failures_by_charge") or []
     table = Table(
         title=f"{doc['manifest']} ({'simulated' if doc['simulated'] else 'live'})",
         title_justify="left",
@@ -274,24 +373,58 @@ def status_view(doc: Mapping[str, Any]) -> RenderableType:
     table.add_column("status")
     table.add_column("tasks", justify="right")
     for name, value in counts.items():
-        if value:
-            table.add_row(name, str(value))
+        if not value:
+            continue
+        mine = [g for g in groups if g["status"] == name]
+        if mine:  # failed, cancelled, rejected: one row per charge
+            for group in mine:
+                table.add_row(group["text"], str(group["tasks"]))
+        else:
+            table.add_row(STATUS_WORDS.get(name, name), str(value))
     table.add_row(Text("total", style="bold"), Text(str(doc["tasks"]), style="bold"))
     spend = doc["spend"]
     text = Text()
-    text.append(f"spent {_usd(spend['actual'])}, committed {_usd(spend['committed'])}")
+    text.append(
+        f"charged {_usd(spend['actual'])} (by the server, failed tasks included), "
+        f"committed {_usd(spend['committed'])} (charged + the server's estimates of tasks it "
+        "has not charged yet, ours until it answers)"
+    )
     if doc.get("max_usd") is not None:
-        text.append(f" of {_usd(doc['max_usd'])} (left {_usd(doc['budget_left'])})")
+        text.append(
+            f"\ncap {_usd(doc['max_usd'])} (the manifest's [budget] max_usd; a run's --max-cost "
+            f"can lower it), budget left {_usd(doc['budget_left'])} (cap − committed)"
+        )
+    else:
+        text.append("\nno cap (set [budget] max_usd in the manifest, or run with --max-cost)")
     left = doc["left"]
     text.append(
-        f"\nleft: {left['tasks']} task(s) not finished, estimated {_usd(left['cost_estimate'])}"
+        f"\nleft: {left['tasks']} task(s) not finished (not submitted yet, or in flight), "
+        f"estimated {_usd(left['cost_estimate'])} (the server's estimate once submitted, "
+        "the plan's before)"
     )
+    plan = doc.get("plan")
+    if plan and plan["not_in_ledger"] and doc.get("last_run"):
+        text.append(f"; {plan['not_in_ledger']} of them added to the manifest since it last ran")
+    if doc.get("plan_error"):
+        text.append(
+            f"\nwarning: the manifest does not plan now ({doc['plan_error']}): "
+            "these counts come from the ledger alone",
+            "yellow",
+        )
+    if groups:
+        text.append(
+            "\n`mvbatch run --retry-failed` submits failed tasks again as new tasks, each "
+            "charged as a new one",
+            "dim",
+        )
     run = doc.get("last_run")
     if run:
         text.append(
             f"\nlast run #{run['id']} started {run['started_at']}: "
             f"{run['outcome'] or 'did not finish (crashed or still running)'}"
         )
+    else:
+        text.append("\nnothing has run yet: the tasks are the manifest's plan")
     return Group(table, text)
 
 
