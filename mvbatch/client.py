@@ -23,8 +23,21 @@ resumable.
 What is not retried, and what it becomes:
 
     401, 403      AuthError          the run stops (exit 4)
+    not the API   EndpointMissing    the run stops (exit 4), see below
     409           TaskRejected       the key was used with other content
     other 4xx     TaskRejected       with the server's own message
+
+A wrong base URL must not fail tasks. A POST creates, so no task API answers
+`POST {base}/tasks` with 405, a redirect (never followed: the key would go
+along), or a 404 that names nothing (an HTML or text page, an empty body, a
+bare "Not Found" from a web framework's router): that answer came from
+something else at that URL, and nothing was created. It raises
+`EndpointMissing` (a `ConfigError`), naming the URL and what was expected.
+A GET answered the same way is one too until the API has answered this
+client once (`answered`); after that a 404 to a poll is the task not being
+visible yet, which the executor backs off from. A 404 that names what the
+API does not know ("Unknown model 'x'", "No task 'task_1'") stays a
+`TaskRejected`.
 
 The error body is undocumented: the message is read from `error.message`,
 `error` (a string), `message`, `detail` or the raw text, whichever exists.
@@ -35,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,12 +61,14 @@ from typing import Any
 import httpx
 
 from mvbatch import logs
-from mvbatch.errors import ApiError, AuthError
+from mvbatch.errors import ApiError, AuthError, ConfigError
 from mvbatch.keys import canonical_json
 
 STATUSES = ("queued", "processing", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 MESSAGE_LIMIT = 500
+DOCUMENTED_BASE_URL = "https://api.mindvideo.ai/api/v1"
+API_PATH = "/api/v1"  # how every documented base URL ends
 MAX_CONNECTIONS = 8
 EVENTS_DEADLINE = 10.0  # seconds: the events call is diagnostics, never worth waiting for
 EVENTS_TEXT_LIMIT = 4096  # bytes of a non-JSON events body kept as text
@@ -101,6 +117,23 @@ class TaskRejected(Exception):
 
 class ApiUnavailable(ApiError):
     """The API kept failing: attempts or the retry budget ran out. The run stops."""
+
+
+class EndpointMissing(ConfigError):
+    """The base URL does not lead to the task API: the run stops (exit 4).
+
+    Raised for an answer no task API gives (see the module docstring). The
+    request created nothing there, unless `maybe_sent`: an earlier attempt
+    of the same call went unanswered (a timeout, a 5xx).
+    """
+
+    def __init__(
+        self, message: str, *, hint: str, status_code: int, url: str, maybe_sent: bool
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+        self.url = url
+        self.maybe_sent = maybe_sent
 
 
 # ------------------------------------------------------------------ parsing
@@ -280,6 +313,84 @@ def server_message(response: httpx.Response) -> str:
     return logs.redact_text(message[:MESSAGE_LIMIT])
 
 
+# What a web server or a framework's router says when no route matches: the
+# text names no task, no model, nothing of the API's.
+_ROUTE_MISS = re.compile(
+    r"(?:(?:http\s*)?(?:error\s*)?(?:404|405)\s*[:.-]?\s*)?"
+    r"(?:(?:the\s+)?(?:requested\s+)?(?:page|resource|route|url|path|endpoint|file)\s+)?"
+    r"(?:not\s*found|method\s+not\s+allowed)[.!]?",
+    re.IGNORECASE,
+)
+
+
+def not_the_api(response: httpx.Response) -> bool:
+    """Is this an answer no MindVideo task API would give to a call on its tasks?
+
+    405, any redirect, and a 404 whose body is not a JSON object or whose
+    message is a router's bare "Not Found". A 404 that says what is missing
+    ("Unknown model 'x'.", "No task 'task_1'.") is the API's own answer.
+    """
+    code = response.status_code
+    if code == 405 or 300 <= code < 400:
+        return True
+    if code != 404:
+        return False
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        return True  # an HTML or text page, or nothing: a web server's, not the API's
+    if not isinstance(body, Mapping):
+        return True
+    message = _error_text(body)
+    return message is None or _ROUTE_MISS.fullmatch(" ".join(message.split())) is not None
+
+
+def shown_url(url: httpx.URL | str) -> str:
+    """A URL for people: no user name, password, query or fragment (they may hold secrets)."""
+    url = httpx.URL(url)
+    return str(url.copy_with(username=None, password=None, query=None, fragment=None))
+
+
+def _expected(base_url: str) -> str:
+    """What MINDVIDEO_BASE_URL should look like, from the one that did not work."""
+    base = httpx.URL(base_url)
+    origin = shown_url(base.copy_with(path="/")).rstrip("/")
+    if not base.path.rstrip("/").endswith(API_PATH):
+        return f"MINDVIDEO_BASE_URL should end in {API_PATH}, e.g. {origin}{API_PATH}"
+    return (
+        f"MINDVIDEO_BASE_URL is {shown_url(base).rstrip('/')}: check its host and port "
+        f"(the documented API is {DOCUMENTED_BASE_URL})"
+    )
+
+
+def endpoint_missing(
+    method: str, response: httpx.Response, base_url: str, maybe_sent: bool = False
+) -> EndpointMissing:
+    """The configuration error for an answer that `not_the_api`, naming URL and expectation."""
+    code = response.status_code
+    url = shown_url(response.request.url)
+    what = f"{code} {response.reason_phrase}".strip()
+    expected = _expected(base_url)
+    if 300 <= code < 400:
+        location = response.headers.get("location")
+        if location:
+            target = shown_url(response.request.url.join(location))
+            what += f", a redirect to {target} that mvbatch does not follow with the key"
+            path = response.request.url.path
+            tail = path[len(httpx.URL(base_url).path.rstrip("/")) :]
+            if tail and target.endswith(tail):
+                expected = f"MINDVIDEO_BASE_URL should be {target[: -len(tail)]}"
+    message = f"{method} {url} answered {what}: no MindVideo task API there. {expected}"
+    return EndpointMissing(
+        logs.redact_text(message),
+        hint="nothing was created by that request; fix MINDVIDEO_BASE_URL and run the same "
+        "command again to resume",
+        status_code=code,
+        url=url,
+        maybe_sent=maybe_sent,
+    )
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """`Retry-After` as seconds to wait: delta-seconds or an HTTP date; None if unreadable."""
     if not value:
@@ -392,6 +503,10 @@ class ApiClient:
         # Called on every 429, so the executor can lower its concurrency.
         self.on_throttle = on_throttle
         self.counts: Counter[str] = Counter()  # "POST", "GET", "retry", "429", ...
+        # True once the task API itself has answered (a task, or an error of
+        # its own): the base URL is right, so a later 404 to a poll is about
+        # the task, not the URL.
+        self.answered = False
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -509,6 +624,7 @@ class ApiClient:
                 if code < 300:
                     parsed = _decode(response)  # raises MalformedResponse if garbled
                     policy.budget.earn()
+                    self.answered = True
                     return response, parsed
                 self.counts[str(code)] += 1
                 if code in (401, 403):
@@ -517,7 +633,20 @@ class ApiClient:
                         hint="check MINDVIDEO_API_KEY; nothing more was submitted, and "
                         "re-running resumes where this stopped",
                     )
+                if not_the_api(response) and (method == "POST" or not self.answered):
+                    missing = endpoint_missing(
+                        method, response, str(self.http.base_url), maybe_sent
+                    )
+                    log.info(
+                        "api.not_the_api",
+                        method=method,
+                        url=missing.url,
+                        http_status=code,
+                        maybe_sent=maybe_sent,
+                    )
+                    raise missing
                 if not _retryable_status(code):
+                    self.answered = True  # an error of the API's own
                     raise TaskRejected(code, server_message(response), maybe_sent=maybe_sent)
                 if code == 429 and self.on_throttle is not None:
                     self.on_throttle()

@@ -29,6 +29,11 @@ The rules that keep money and work safe, in the order they happen:
    end; intents without a task id that it dropped are reported, not lost.
 5. Concurrency (tasks in flight) halves on a 429 and grows back by one per
    window of successful submissions.
+8. Until the API has answered once in this run, one POST goes at a time. An
+   answer that no task API gives (`EndpointMissing`: a wrong base URL) stops
+   the run at once (exit 4) and fails nothing: a task that was new goes back
+   to `planned`; an intent from before (a re-send, a retry) stays
+   `submitting`, POSTed again under its key by the next run.
 
 Order: unanswered POSTs first, then new tasks taking turns between latency
 classes (so every class's price and latency are learned in the first wave),
@@ -50,7 +55,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mvbatch import logs
-from mvbatch.client import STATUSES, ApiClient, TaskRejected, TaskState
+from mvbatch.client import STATUSES, ApiClient, EndpointMissing, TaskRejected, TaskState
 from mvbatch.errors import ApiError, BudgetError, MvbatchError, UsageError
 from mvbatch.keys import retry_key
 from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, TaskRow, committed_cost
@@ -218,9 +223,18 @@ def check_budget(check: Preflight) -> None:
             floor=str(check.floor),
             committed=str(check.committed),
         )
+        needs = f"the plan needs ${check.projected:.4f}"
+        if check.floor != check.projected:
+            # Only assumed prices can make the projection wrong; the floor is
+            # what the run would spend even if every assumed rate were zero
+            # but one probe task of each assumed tier.
+            needs += (
+                f" at the prices it knows, and at least ${check.floor:.4f} even if the assumed "
+                f"prices ({', '.join(check.assumed_classes)}) are wrong (committed so far + "
+                "tasks with documented or learned prices + one task of each assumed-price tier)"
+            )
         raise BudgetError(
-            f"the plan needs ${check.projected:.4f} (at least ${check.floor:.4f}) but the cap is "
-            f"${check.cap:.4f} (already committed by {check.manifest}: "
+            f"{needs}, but the cap is ${check.cap:.4f} (already committed by {check.manifest}: "
             f"${check.committed:.4f}); nothing was submitted",
             hint="raise [budget] max_usd or --max-cost, or plan fewer tasks",
         )
@@ -487,7 +501,7 @@ class Executor:
                 retries.append(job)
             elif job.status in FAILED:
                 self._failures.append((task.shot, task.key, job.error or job.status))
-            if job.status == "succeeded" and job.actual is not None:
+            if job.actual is not None:  # a failed task the server billed was spent too
                 self._spent += job.actual
         for row in orphans:
             job = _orphan_job(row, wall, mono)
@@ -698,10 +712,17 @@ class Executor:
                 return job
         return None
 
+    def _unproven(self) -> bool:
+        """A POST is out and the API has not answered yet: is the base URL even right?
+
+        Then nothing else is POSTed: a wrong URL costs one request, not a wave.
+        """
+        return not self.client.answered and any(j.posting for j in self._drivers.values())
+
     async def _dispatch(self) -> None:
         """Submit queued jobs in order, within the slots, the budget and the probe rule."""
         while not self._stopping:
-            if self.limit.full:
+            if self.limit.full or self._unproven():
                 await self._wait()
                 continue
             job = self._next_job()
@@ -863,29 +884,16 @@ class Executor:
             del payload
             state = await self.client.submit(model, body, job.submit_key)
             del body
+        except EndpointMissing as missing:
+            self._not_sent(job, previous, missing)
+            if probe:
+                self._release_probe(job.price_class, confirmed=False)
+            raise  # stops the run, like an AuthError
         except TaskRejected as rejected:
             if resend or rejected.maybe_sent:
                 self._refused_resend(job, rejected)
-                if probe:
-                    self._release_probe(job.price_class, confirmed=False)
-                return False
-            self.ledger.record_rejected(
-                self.env,
-                job.key,
-                error=rejected.message,
-                http_status=rejected.status_code,
-                run_id=self.run_id,
-            )
-            self._set(job, "rejected", error=rejected.message)
-            self._failures.append((task.shot, job.key, rejected.message))
-            log.info(
-                "task.rejected",
-                key=job.key,
-                shot=task.shot,
-                model=task.model,
-                http_status=rejected.status_code,
-                error=rejected.message,
-            )
+            else:
+                self._rejected(job, rejected)
             if probe:
                 self._release_probe(job.price_class, confirmed=False)
             return False
@@ -949,6 +957,54 @@ class Executor:
             attempt=job.attempt,
         )
         return True
+
+    def _rejected(self, job: _Job, rejected: TaskRejected) -> None:
+        """A 4xx to a first POST: nothing was created, nothing charged (`rejected`, $0)."""
+        task = job.task
+        self.ledger.record_rejected(
+            self.env,
+            job.key,
+            error=rejected.message,
+            http_status=rejected.status_code,
+            run_id=self.run_id,
+        )
+        self._set(job, "rejected", error=rejected.message)
+        self._failures.append((task.shot, job.key, rejected.message))
+        log.info(
+            "task.rejected",
+            key=job.key,
+            shot=task.shot,
+            model=task.model,
+            http_status=rejected.status_code,
+            error=rejected.message,
+        )
+
+    def _not_sent(self, job: _Job, previous: str, missing: EndpointMissing) -> None:
+        """The POST met no task API (a wrong base URL): nothing was created, nothing failed.
+
+        A new task goes back to `planned`, as if this run had not touched it.
+        An intent that was there before (a re-send) or a retry's new key, or a
+        call whose earlier attempt went unanswered, stays `submitting`: the
+        next run POSTs it again under the same key, which is free.
+        """
+        if previous == "planned" and not missing.maybe_sent:
+            self.ledger.record_progress(
+                self.env,
+                job.key,
+                previous="submitting",
+                status="planned",
+                polls=job.polls,
+                run_id=self.run_id,
+            )
+            self._set(job, "planned")
+        log.info(
+            "task.not_sent",
+            key=job.key,
+            shot=job.task.shot,
+            url=missing.url,
+            http_status=missing.status_code,
+            status=job.status,
+        )
 
     def _refused_resend(self, job: _Job, rejected: TaskRejected) -> None:
         """A 4xx to a POST that may have reached the server before: maybe charged.
@@ -1160,8 +1216,8 @@ class Executor:
         self._finished_in_run += 1
         if job.probe_pending:
             self._settle_probe(job, state.cost_actual)
+        self._spent += actual or Decimal(0)  # failed tasks may be billed too
         if succeeded:
-            self._spent += actual or Decimal(0)
             log.info(
                 "task.succeeded",
                 key=job.key,

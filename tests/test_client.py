@@ -438,3 +438,116 @@ async def test_server_messages_echoing_a_credential_are_redacted() -> None:
     message = server_message(response)
     assert "mv_live_abc123XYZ" not in message
     assert "bad request" in message
+
+
+# ------------------------------------------------------------------ a wrong base URL
+
+ROUTE_MISSES = [
+    pytest.param(httpx.Response(404, text="<html><h1>404 Not Found</h1></html>"), id="nginx-html"),
+    pytest.param(httpx.Response(404, text="404 page not found\n"), id="go-text"),
+    pytest.param(httpx.Response(404), id="empty"),
+    pytest.param(httpx.Response(404, json={"detail": "Not Found"}), id="fastapi"),
+    pytest.param(
+        httpx.Response(404, json={"error": {"code": "not_found", "message": "Not Found"}}),
+        id="simulator-route-miss",
+    ),
+    pytest.param(
+        httpx.Response(
+            404, json={"status": 404, "error": "Not Found", "path": "/tasks", "timestamp": "x"}
+        ),
+        id="spring",
+    ),
+    pytest.param(httpx.Response(405, headers={"Allow": "GET, HEAD"}), id="405"),
+    pytest.param(
+        httpx.Response(405, json={"error": {"code": "method_not_allowed", "message": "x"}}),
+        id="405-json",
+    ),
+]
+
+
+@pytest.mark.parametrize("answer", ROUTE_MISSES)
+async def test_a_post_to_a_missing_tasks_endpoint_is_a_configuration_error(
+    answer: httpx.Response,
+) -> None:
+    from mvbatch.errors import ConfigError
+
+    handler, seen = sequence(answer)
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://127.0.0.1:8799/"
+    )
+    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    with pytest.raises(ConfigError) as caught:
+        await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
+    assert len(seen) == 1  # not retried
+    assert caught.value.exit_code == 4
+    message = caught.value.message
+    assert f"POST http://127.0.0.1:8799/tasks answered {answer.status_code}" in message
+    assert "MINDVIDEO_BASE_URL" in message
+    assert "http://127.0.0.1:8799/api/v1" in message  # what was expected
+
+
+async def test_a_redirected_post_is_not_followed_and_names_where_it_points() -> None:
+    from mvbatch.errors import ConfigError
+
+    handler, seen = sequence(
+        httpx.Response(308, headers={"Location": "https://api.test/api/v1/tasks"})
+    )
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="http://api.test/api/v1/"
+    )
+    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    with pytest.raises(ConfigError) as caught:
+        await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
+    assert len(seen) == 1
+    message = caught.value.message
+    assert "POST http://api.test/api/v1/tasks answered 308" in message
+    assert "MINDVIDEO_BASE_URL should be https://api.test/api/v1" in message
+
+
+async def test_a_404_naming_what_the_api_does_not_know_is_still_a_rejection() -> None:
+    handler, _ = sequence(
+        httpx.Response(
+            404, json={"error": {"code": "model_not_found", "message": "Unknown model 'x'."}}
+        )
+    )
+    client, _ = client_for(handler)
+    with pytest.raises(TaskRejected, match="Unknown model"):
+        await client.submit("x", {"prompt": "p"}, "mvb1-k")
+
+
+async def test_a_wrong_url_that_already_ends_in_api_v1_names_the_host_to_check() -> None:
+    from mvbatch.errors import ConfigError
+
+    handler, _ = sequence(httpx.Response(404, text="<h1>Not Found</h1>"))
+    http = httpx.AsyncClient(
+        transport=httpx.MockTransport(handler), base_url="https://user:secret@wrong.test/api/v1/"
+    )
+    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    with pytest.raises(ConfigError) as caught:
+        await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
+    message = caught.value.message
+    assert "POST https://wrong.test/api/v1/tasks answered 404" in message
+    assert "secret" not in message  # credentials in the URL are never shown
+
+
+async def test_a_poll_answered_by_something_else_stops_only_before_the_api_answered() -> None:
+    from mvbatch.errors import ConfigError
+
+    html = httpx.Response(404, text="<html>Not Found</html>")
+    handler, seen = sequence(html)
+    client, _ = client_for(handler)
+    with pytest.raises(ConfigError, match=r"GET https://api.test/api/v1/tasks/task_1 answered 404"):
+        await client.get("task_1")
+    assert len(seen) == 1
+    # Once the API has answered, a 404 to a poll is the task not being
+    # visible (yet): the executor's not-found backoff decides, as before.
+    handler, _ = sequence(ok(), html)
+    client, _ = client_for(handler)
+    await client.get("task_1")
+    with pytest.raises(TaskRejected):
+        await client.get("task_1")
+    # A task-not-found answer from the API itself is never a configuration error.
+    handler, _ = sequence(httpx.Response(404, json={"error": {"message": "No task 'task_1'."}}))
+    client, _ = client_for(handler)
+    with pytest.raises(TaskRejected, match="No task"):
+        await client.get("task_1")

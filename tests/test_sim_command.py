@@ -83,3 +83,48 @@ def test_sim_command_rejects_an_unknown_profile() -> None:
     result = CliRunner().invoke(typer_app(), ["sim", "--faults", "evil"])
     assert result.exit_code != 0
     assert "evil" in result.output
+
+
+def test_sim_prints_the_full_base_url_to_export(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_serve(config: SimConfig, host: str, port: int, **kwargs: Any) -> None:
+        kwargs["on_ready"](f"http://{host}:{port}")
+
+    monkeypatch.setattr(mvbatch.sim.server, "serve", fake_serve)
+    result = CliRunner().invoke(typer_app(), ["sim", "--port", "8765"])
+    assert result.exit_code == 0, result.output
+    assert "export MINDVIDEO_BASE_URL=http://127.0.0.1:8765/api/v1" in result.output.splitlines()
+
+
+def test_python_m_sim_prints_the_full_base_url_to_export(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import mvbatch.sim.__main__ as sim_main
+
+    def fake_serve(config: SimConfig, host: str, port: int, **kwargs: Any) -> None:
+        kwargs["on_ready"](f"http://{host}:{port}")
+
+    monkeypatch.setattr(sim_main, "serve", fake_serve)
+    sim_main.main(["--port", "9001"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "mvbatch sim listening on http://127.0.0.1:9001" in lines  # what tests parse
+    assert "export MINDVIDEO_BASE_URL=http://127.0.0.1:9001/api/v1" in lines
+
+
+@pytest.mark.anyio
+async def test_the_simulator_answers_at_the_bare_origin_too() -> None:
+    """`MINDVIDEO_BASE_URL=http://HOST:PORT` (without /api/v1) reaches the same API."""
+    from sim_helpers import sim_client
+
+    body = {"model": "kling-v2-6", "input": {"prompt": "p", "duration": 5, "mode": "std"}}
+    async with sim_client(SimConfig(speed=0)) as client:
+        created = await client.post("/tasks", json=body, headers={"Idempotency-Key": "k1"})
+        assert created.status_code == 200, created.text
+        task_id = created.json()["task_id"]
+        replayed = await client.post("/api/v1/tasks", json=body, headers={"Idempotency-Key": "k1"})
+        assert replayed.json()["task_id"] == task_id  # one API, two mount points
+        assert replayed.headers["Idempotent-Replayed"] == "true"
+        assert (await client.get(f"/tasks/{task_id}")).json()["status"] == "succeeded"
+        assert (await client.get(f"/tasks/{task_id}/events")).status_code == 200
+        stats = (await client.get("/_sim/stats")).json()
+        assert stats["billing"]["charges"] == 1
+        assert (await client.post("/wrong/prefix/tasks", json=body)).status_code == 404

@@ -1,7 +1,8 @@
 """`python -m mvbatch.sim`: run the simulator without the client's CLI.
 
-Prints one line, `mvbatch sim listening on http://HOST:PORT`, once the socket
-is listening (with `--port 0` that is how a caller learns the port).
+Prints `mvbatch sim listening on http://HOST:PORT` once the socket is
+listening (with `--port 0` that is how a caller learns the port), then the
+client's base URL to export: `export MINDVIDEO_BASE_URL=http://HOST:PORT/api/v1`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mvbatch.sim.config import PROFILES, RATE_NAMES, SimConfig, build_config
-from mvbatch.sim.server import serve
+from mvbatch.sim.server import announcement, serve
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,8 +72,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
     )
 
 
-def announce(url: str) -> None:
-    print(f"mvbatch sim listening on {url}", flush=True)
+def announce(url: str, public: str | None = None) -> None:
+    print(announcement(url, public), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -81,7 +82,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = config_from(args)
     except ValueError as exc:
         sys.exit(f"mvbatch sim: {exc}")
-    serve(config, args.host, args.port, log_level=args.log_level, on_ready=announce)
+    serve(
+        config,
+        args.host,
+        args.port,
+        log_level=args.log_level,
+        on_ready=lambda url: announce(url, config.public_base_url),
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Routes:
     POST /api/v1/tasks                      create a task (api.py)
     GET  /api/v1/tasks/{task_id}            its status, cost and output
     GET  /api/v1/tasks/{task_id}/events     its event history
+    the same three under /tasks             the bare origin as a base URL works too
     GET|HEAD /files/{task_id}/{name}        signed output downloads (files.py)
     /_sim/...                               admin and test levers (admin.py)
 
@@ -26,6 +27,8 @@ from mvbatch.sim.config import SimConfig
 from mvbatch.sim.faults import DroppedConnection
 from mvbatch.sim.responses import error, new_request_id
 from mvbatch.sim.service import Service
+
+API_PREFIX = "/api/v1"  # the documented base path of the task API
 
 
 class CountResponses:
@@ -71,10 +74,20 @@ async def http_error(request: Request, exc: Exception) -> Response:
 
 def create_app(config: SimConfig | None = None) -> Starlette:
     service = Service(config or SimConfig())
+    # The task API at the documented base path, and again at the root: a
+    # base URL written without /api/v1 (`http://127.0.0.1:8765`) reaches the
+    # same tasks, keys and billing. Stats name the call, not the mount point.
+    api_routes = [
+        Route(f"{prefix}/tasks{path}", endpoint, methods=[method])
+        for prefix in (API_PREFIX, "")
+        for path, endpoint, method in (
+            ("", api.create_task, "POST"),
+            ("/{task_id}", api.get_task, "GET"),
+            ("/{task_id}/events", api.task_events, "GET"),
+        )
+    ]
     routes = [
-        Route("/api/v1/tasks", api.create_task, methods=["POST"]),
-        Route("/api/v1/tasks/{task_id}", api.get_task, methods=["GET"]),
-        Route("/api/v1/tasks/{task_id}/events", api.task_events, methods=["GET"]),
+        *api_routes,
         Route("/files/{task_id}/{name}", files.download, methods=["GET", "HEAD"]),
         Route("/_sim/health", admin.health, methods=["GET"]),
         Route("/_sim/stats", admin.stats, methods=["GET"]),

@@ -48,7 +48,12 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Origin to advertise instead of the request's.")
         ] = None,
         accept_key: Annotated[
-            list[str] | None, typer.Option(help="Only accept this API key (repeatable).")
+            list[str] | None,
+            typer.Option(
+                metavar="KEY",
+                help="Only accept this API key (repeatable). Without it any key that starts "
+                "with mv_ is accepted (the documented keys look like mv_live_...); others get 401.",
+            ),
         ] = None,
         fault_server_error: Annotated[float | None, _rate("5xx answers")] = None,
         fault_rate_limit: Annotated[float | None, _rate("429 answers with Retry-After")] = None,
@@ -70,8 +75,15 @@ def register(app: typer.Typer) -> None:
         ] = None,
         log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     ) -> None:
-        """Serve a MindVideo-compatible API simulator (faults, latency, billing ledger)."""
-        from mvbatch.sim.server import serve
+        """Serve a MindVideo-compatible API simulator (faults, latency, billing ledger).
+
+        It prints the base URL to export as MINDVIDEO_BASE_URL (it ends in
+        /api/v1; the bare origin is served too). Clients must send an API key
+        that starts with mv_ (for example MINDVIDEO_API_KEY=mv_test_local);
+        mvbatch then treats the run as live, so give it its own
+        MVBATCH_STATE_DIR. Billing, per idempotency key: GET /_sim/stats.
+        """
+        from mvbatch.sim.server import announcement, serve
 
         try:
             config = build_config(
@@ -103,6 +115,6 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(str(exc)) from exc
 
         def announce(url: str) -> None:
-            typer.echo(f"mvbatch sim listening on {url}")
+            typer.echo(announcement(url, config.public_base_url))
 
         serve(config, host, port, log_level=log_level, on_ready=announce)

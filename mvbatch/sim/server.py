@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import uvicorn
 
-from mvbatch.sim.app import create_app
+from mvbatch.sim.app import API_PREFIX, create_app
 from mvbatch.sim.config import SimConfig
 from mvbatch.sim.faults import DroppedConnection
 
@@ -41,9 +41,23 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def base_url(sock: socket.socket) -> str:
+    """The origin the simulator listens on (no path): `http://127.0.0.1:8765`."""
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}"
+
+
+def announcement(origin: str, public: str | None = None) -> str:
+    """What the simulator prints once listening: its origin, then the line to paste.
+
+    The first line is what scripts wait for (`mvbatch sim listening on
+    ORIGIN`); the second is the client's full base URL, with /api/v1, on
+    the `public` origin when one is advertised (`--public-base-url`).
+    """
+    return (
+        f"mvbatch sim listening on {origin}\n"
+        f"export MINDVIDEO_BASE_URL={(public or origin).rstrip('/')}{API_PREFIX}"
+    )
 
 
 def serve(
