@@ -8,6 +8,23 @@ server's message; time per task), and writing the four files atomically into
 contract. The two entry points the CLI calls are `report_command` (the
 `report` command) and `finish_run` (the end of `run`).
 
+Money adds up: every total is the exact (Decimal) sum of the same figure over
+the task rows, so a user who sums a column of report.json, report.csv or
+report.md gets the total printed beside it. The figures (also written into
+report.json under `definitions`):
+
+- `cost_estimate` (contract): the estimate mvbatch held against the budget,
+  the server's `cost_estimate` once the task was submitted, the plan's before
+  (and for a task the server rejected, which never got one);
+- `cost_estimate_plan`: the plan's own estimate (rate per second times seconds),
+  also written as `estimate_local`; the estimate-vs-actual variance uses it;
+- `cost_estimate_server`: the server's estimate, null until submitted;
+- `cost_actual` (contract): what the server charged, null until it said;
+- `cost_committed`: what the task counts for against the cap now (as the
+  budget guard counts it, `ledger.committed_cost`), earlier attempts included;
+- `cost_prior`: what earlier attempts of a task (`--retry-failed`) committed,
+  kept out of `cost_actual`, which is the current attempt's.
+
 Must not: print (the CLI does), change a task (it only reads the ledger, and
 the downloader records files), or write the API key anywhere: nothing here
 receives it except through `Endpoint`, whose API client it hands to the
@@ -43,10 +60,10 @@ from mvbatch.download import (
     value_text,
     variant_pairs,
 )
-from mvbatch.ledger import Ledger, Output, TaskRow
+from mvbatch.ledger import Ledger, Output, TaskRow, committed_cost
 from mvbatch.planner import Plan, PlannedTask
 from mvbatch.pricing import normalize, total
-from mvbatch.render import json_number
+from mvbatch.render import Charge, charge_of, failures_by_charge, json_number, status_words, usd
 from mvbatch.settings import Settings
 
 PENDING = ("planned", "submitting", "queued", "processing")
@@ -95,13 +112,31 @@ class TaskEntry:
     billed_seconds: Decimal | None = None
     outputs: tuple[OutputEntry, ...] = ()
     in_plan: bool = True
+    cost_prior: Decimal = Decimal(0)  # committed by earlier attempts (--retry-failed)
 
     @property
     def cost_estimate(self) -> Decimal:
-        """The server's estimate once it gave one, else ours."""
+        """The estimate held against the budget: the server's once it gave one, else the plan's."""
         if self.cost_estimate_server is not None:
             return self.cost_estimate_server
         return self.estimate_local
+
+    @property
+    def cost_committed(self) -> Decimal:
+        """What this task counts for against the cap, as the budget guard counts it."""
+        return self.cost_prior + committed_cost(
+            self.status, self.estimate_local, self.cost_estimate_server, self.cost_actual
+        )
+
+    @property
+    def charge(self) -> Charge | None:
+        """For a failed, cancelled or rejected task: charged, not charged, or unknown."""
+        return charge_of(self.status, self.cost_actual, self.cost_estimate_server)
+
+    @property
+    def status_text(self) -> str:
+        """The status in words that say what it cost: `failed (charged $0.0414)`."""
+        return status_words(self.status, self.charge)
 
     @property
     def variant_label(self) -> str:
@@ -145,7 +180,7 @@ class TaskEntry:
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
-    """Counts and money of a group of tasks (a model, a tier, a shot)."""
+    """Counts and money of a group of tasks (a model, a tier, a shot); sums of the task rows."""
 
     tasks: int = 0
     succeeded: int = 0
@@ -156,7 +191,7 @@ class Bucket:
         return Bucket(
             self.tasks + 1,
             self.succeeded + (task.status == "succeeded"),
-            self.cost_estimate + task.estimate_local,
+            self.cost_estimate + task.cost_estimate,
             self.cost_actual + (task.cost_actual or Decimal(0)),
         )
 
@@ -220,11 +255,33 @@ class Report:
 
     @property
     def cost_estimate(self) -> Decimal:
+        """The sum of the tasks' `cost_estimate`: what was held against the budget."""
+        return total([t.cost_estimate for t in self.tasks])
+
+    @property
+    def cost_estimate_plan(self) -> Decimal:
         return total([t.estimate_local for t in self.tasks])
+
+    @property
+    def cost_estimate_server(self) -> Decimal:
+        return total([t.cost_estimate_server for t in self.tasks if t.cost_estimate_server])
 
     @property
     def cost_actual(self) -> Decimal:
         return total([t.cost_actual for t in self.tasks if t.cost_actual is not None])
+
+    @property
+    def cost_committed(self) -> Decimal:
+        return total([t.cost_committed for t in self.tasks])
+
+    @property
+    def cost_prior(self) -> Decimal:
+        return total([t.cost_prior for t in self.tasks])
+
+    @property
+    def failures_by_charge(self) -> list[dict[str, Any]]:
+        """Failed, cancelled and rejected tasks by what they cost (`render.failures_by_charge`)."""
+        return failures_by_charge((t.status, t.charge) for t in self.tasks)
 
     def by(self, attribute: str) -> dict[str, Bucket]:
         buckets: dict[str, Bucket] = {}
@@ -316,6 +373,7 @@ class Report:
             "simulated": self.simulated,
             "env": self.env,
             "generated_at": self.generated_at,
+            "definitions": DEFINITIONS,
             "totals": {
                 "tasks": len(self.tasks),
                 "succeeded": counts.get("succeeded", 0),
@@ -325,6 +383,11 @@ class Report:
                 "rejected": sum(1 for t in self.tasks if t.status == "rejected"),
                 "cost_estimate": json_number(self.cost_estimate),
                 "cost_actual": json_number(self.cost_actual),
+                "cost_estimate_plan": json_number(self.cost_estimate_plan),
+                "cost_estimate_server": json_number(self.cost_estimate_server),
+                "cost_committed": json_number(self.cost_committed),
+                "cost_prior": json_number(self.cost_prior),
+                "failures_by_charge": self.failures_by_charge,
                 "max_usd": json_number(self.max_usd),
                 "by_model": {k: v.document() for k, v in self.by_model.items()},
                 "by_tier": {k: v.document() for k, v in self.by_tier.items()},
@@ -363,6 +426,27 @@ class Report:
         }
 
 
+DEFINITIONS = {
+    "cost_estimate": "the estimate mvbatch held against the budget: the server's estimate "
+    "once a task was submitted, the plan's before (and for a task the server rejected); "
+    "totals.cost_estimate is the sum of the tasks'",
+    "cost_estimate_plan": "mvbatch's own estimate from its price table (rate x seconds), "
+    "as planned; the same as estimate_local",
+    "cost_estimate_server": "the server's cost_estimate, given when the task was submitted; "
+    "null before",
+    "cost_actual": "what the server charged (its cost_actual); null until it said",
+    "cost_committed": "what the task counts for against the cap now: its charge if known, "
+    "else the server's estimate, else ours while its submission is unanswered; 0 if never "
+    "submitted or rejected; plus cost_prior",
+    "cost_prior": "what earlier attempts of the task (--retry-failed) committed; not in "
+    "cost_actual, which is the current attempt's",
+    "charge": "for a failed, cancelled or rejected task: charged (cost_actual above 0), "
+    "not_charged (rejected before a task existed, or cost_actual 0) or unknown (no "
+    "cost_actual: the server's estimate stays counted against the cap)",
+    "variance": "the plan's estimate of succeeded tasks against what they were charged",
+}
+
+
 def _task_document(task: TaskEntry) -> dict[str, Any]:
     return {
         "shot": task.shot,
@@ -374,6 +458,12 @@ def _task_document(task: TaskEntry) -> dict[str, Any]:
         "cost_estimate": json_number(task.cost_estimate),
         "cost_actual": json_number(task.cost_actual),
         "error": task.error,
+        "cost_estimate_plan": json_number(task.estimate_local),
+        "cost_estimate_server": json_number(task.cost_estimate_server),
+        "cost_committed": json_number(normalize(task.cost_committed)),
+        "cost_prior": json_number(normalize(task.cost_prior)),
+        "charge": None if task.charge is None else task.charge.kind,
+        "status_text": task.status_text,
         "outputs": [
             {
                 "url": o.url,
@@ -425,8 +515,12 @@ def build_report(
     entries: list[TaskEntry] = []
     for task in plan.tasks if plan is not None else ():
         row = by_key.pop(task.key, None)
+        # A task never submitted is what the plan says of it now (its estimate
+        # may use a rate learned since the ledger first saw it).
         entries.append(
-            _from_row(row, outputs, folder, failed_now) if row is not None else _from_plan(task)
+            _from_row(row, outputs, folder, failed_now)
+            if row is not None and row.status != "planned"
+            else _from_plan(task)
         )
     entries.extend(
         _from_row(row, outputs, folder, failed_now, in_plan=plan is None) for row in by_key.values()
@@ -525,6 +619,7 @@ def _from_row(
         row.seconds,
         tuple(entries),
         in_plan,
+        row.cost_prior,
     )
 
 
@@ -561,17 +656,6 @@ def templates() -> jinja2.Environment:
         percent=percent_text,
     )
     return environment
-
-
-def usd(value: Decimal | None) -> str:
-    """Dollars with as many decimals as the amount has (2 to 6): $0.0414, $0.11574, $2.00."""
-    if value is None:
-        return "—"
-    value = normalize(value)
-    exponent = value.as_tuple().exponent
-    places = min(6, max(2, -exponent if isinstance(exponent, int) else 2))
-    sign = "-" if value < 0 else ""
-    return f"{sign}${abs(value):,.{places}f}"
 
 
 def percent_text(value: Decimal | None) -> str:
@@ -656,6 +740,10 @@ def csv_text(report: Report) -> str:
             "bytes",
             "url",
             "simulated",
+            "cost_estimate_server",
+            "cost_committed",
+            "charge",
+            "status_text",
         ]
     )
     for t in report.tasks:
@@ -680,6 +768,10 @@ def csv_text(report: Report) -> str:
                 " ".join(str(o.bytes or "") for o in t.outputs).strip(),
                 _cell(" ".join(o.url for o in t.outputs)),
                 report.simulated,
+                _money(t.cost_estimate_server),
+                _money(t.cost_committed),
+                "" if t.charge is None else t.charge.kind,
+                t.status_text,
             ]
         )
     return buffer.getvalue()
@@ -762,18 +854,27 @@ class ReportResult:
         """A few lines for a person: counts, money, downloads, where the sheet is."""
         r = self.report
         counts = r.counts
+        failures = r.failures_by_charge
+        failed = ", ".join(f"{g['tasks']} {g['text']}" for g in failures) or "0 failed"
         lines = [
             f"{r.manifest}{' (simulated: no money was spent)' if r.simulated else ''}: "
-            f"{len(r.tasks)} tasks, {counts.get('succeeded', 0)} succeeded, "
-            f"{counts.get('failed', 0)} failed, {counts.get('cancelled', 0)} cancelled, "
+            f"{len(r.tasks)} tasks, {counts.get('succeeded', 0)} succeeded, {failed}, "
             f"{counts.get('pending', 0)} pending",
-            f"cost: {usd(r.cost_actual)} actual, {usd(r.cost_estimate)} estimated",
+            f"cost: {usd(r.cost_actual)} charged (the server's cost_actual), "
+            f"{usd(r.cost_estimate)} estimated (the server's estimate for submitted tasks, "
+            "the plan's for the rest)"
+            + (
+                f"; the plan alone estimated {usd(r.cost_estimate_plan)}"
+                if r.cost_estimate_plan != r.cost_estimate
+                else ""
+            ),
         ]
         variance = r.variance
         if variance.tasks and variance.difference != 0:
             lines.append(
                 f"variance: {usd(variance.difference)} ({percent_text(variance.percent)})"
-                f" on {len(variance.off)} of {variance.tasks} finished tasks"
+                f" on {len(variance.off)} of {variance.tasks} finished tasks (charged against "
+                "the plan's estimate)"
             )
         downloads = r.download_totals
         lines.append(

@@ -26,7 +26,8 @@ from typing import Any
 from urllib.parse import quote
 
 from mvbatch.download import value_text
-from mvbatch.report import Report, TaskEntry, templates, usd
+from mvbatch.render import usd
+from mvbatch.report import Report, TaskEntry, templates
 
 # Below this share of filled cells, one shared column header would leave the
 # page mostly empty (shots with unrelated matrices): each shot gets its own
@@ -72,7 +73,7 @@ class Card:
     def cost(self) -> str:
         if self.task.cost_actual is not None:
             return usd(self.task.cost_actual)
-        return f"est. {usd(self.task.estimate_local)}"
+        return f"est. {usd(self.task.cost_estimate)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,7 @@ def _shot_row(
         cells,
         tuple(columns),
         sum((t.cost_actual or Decimal(0) for t in own), Decimal(0)),
-        sum((t.estimate_local for t in own), Decimal(0)),
+        sum((t.cost_estimate for t in own), Decimal(0)),
     )
 
 

@@ -140,7 +140,9 @@ def test_status_without_a_ledger_says_nothing_ran(tmp_path: Path) -> None:
     result = invoke(["status", str(manifest(tmp_path)), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.output)
-    assert document["tasks"] == 0
+    # Nothing ran: status plans the manifest, and every task of the plan is left.
+    assert (document["tasks"], document["left"]["tasks"]) == (10, 10)
+    assert document["spend"] == {"actual": 0, "committed": 0}
     assert document["last_run"] is None
 
 
