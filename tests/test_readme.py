@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -10,6 +12,7 @@ from typer.testing import CliRunner
 
 from mvbatch import manifest
 from mvbatch.cli import app
+from mvbatch.keys import canonical_json
 from mvbatch.planner import plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,3 +72,116 @@ def test_every_command_in_the_readme_exists_and_has_help() -> None:
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert len(result.output.strip()) > 40
+
+
+# ------------------------------------------------------------ for users
+
+CONTRACT_VARIABLES = [  # SPEC section 2: the environment of the contract
+    "MINDVIDEO_API_KEY",
+    "MINDVIDEO_BASE_URL",
+    "MVBATCH_STATE_DIR",
+    "MVBATCH_OUTPUT_DIR",
+]
+EXIT_CODES = ["0", "1", "2", "3", "4", "130"]
+INTERNALS = REPO / "docs" / "internals.md"
+# Moved out of the README into docs/internals.md (the issue: a README for users).
+INTERNAL_DETAILS = (
+    "BEGIN IMMEDIATE",
+    "inode",
+    "ctime",
+    ".part",
+    "Range",
+    "HTTP/1.1",
+    "HTTPS_PROXY",
+    "Retry-After",
+    "full jitter",
+    "Kaplan-Meier",
+    "BLAKE2b",
+    "BENCHMARKS.md",
+)
+
+
+def _section(text: str, heading: str) -> str:
+    found = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert found is not None, heading
+    return found.group(1)
+
+
+def test_readme_names_the_env_file_every_exit_code_and_variable() -> None:
+    assert ".env" in README
+    assert "never the key" in README
+    codes = re.findall(r"^\| `(\d+)` \|", _section(README, "Exit codes"), flags=re.M)
+    assert codes == EXIT_CODES
+    rows = re.findall(r"^\| `([A-Z_]+)` \|", _section(README, "Environment"), flags=re.M)
+    assert rows == CONTRACT_VARIABLES
+    # The CLI reads each of them (a renamed variable would make the table lie).
+    settings_source = (REPO / "mvbatch" / "settings.py").read_text(encoding="utf-8")
+    for name in CONTRACT_VARIABLES:
+        assert f'"{name}"' in settings_source, name
+
+
+def test_readme_walks_through_plan_run_resume_report_and_status() -> None:
+    for words in (
+        "mvbatch plan teaser.toml",
+        "mvbatch run teaser.toml",
+        "mvbatch status teaser.toml",
+        "--retry-failed",
+        "rejected (not charged)",
+        "failed (charged $x)",
+        "outputs/<name>/",
+        "report.html",
+        "Ctrl-C",
+        "kill -9",
+        "--log-format json",
+        "export MINDVIDEO_BASE_URL=http://127.0.0.1:8765/api/v1",
+        "`mv_`",
+    ):
+        assert words in README, words
+    # The walkthrough's file is the README's manifest example, saved under that name.
+    assert "Save it as `teaser.toml`" in README
+
+
+def test_internals_live_in_docs_not_in_the_readme() -> None:
+    internals = INTERNALS.read_text(encoding="utf-8")
+    for detail in INTERNAL_DETAILS:
+        assert detail in internals, detail
+        assert detail not in README, detail
+    assert "docs/internals.md" in README
+    assert "docs/architecture.md" in README
+    assert "docs/simulator.md" in README
+
+
+def test_every_relative_link_in_the_docs_exists() -> None:
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = page.read_text(encoding="utf-8")
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https: and friends
+            assert (page.parent / target).exists(), (page.name, target)
+
+
+def test_the_documented_key_recipe_is_the_planner_s(tmp_path: Path) -> None:
+    """docs/internals.md works one key by hand; the planner must agree."""
+    internals = INTERNALS.read_text(encoding="utf-8")
+    document = re.search(r"^    (\{\"input\".*\})$", internals, flags=re.M)
+    key = re.search(r"^    (mvb1-[0-9a-f]{32})$", internals, flags=re.M)
+    assert document is not None
+    assert key is not None
+    text, documented_key = document.group(1), key.group(1)
+    # The recipe, by hand: BLAKE2b-128 over the canonical JSON, tagged mvb1-.
+    assert "mvb1-" + hashlib.blake2b(text.encode(), digest_size=16).hexdigest() == documented_key
+    assert canonical_json(json.loads(text)) == text
+    # And the planner gives that key to the README manifest's first task.
+    example = re.search(r"```toml\n(.*?)```", README, flags=re.DOTALL)
+    assert example is not None
+    path = tmp_path / "teaser.toml"
+    path.write_text(example.group(1), encoding="utf-8")
+    first = plan(manifest.load(path)).tasks[0]
+    assert first.key == documented_key
+    assert (first.shot, first.model, first.take) == ("car-rain", "kling-v2-6", 1)
+    assert json.loads(text) == {
+        "manifest": "launch-teaser",
+        "model": first.model,
+        "input": first.input,
+        "take": first.take,
+    }
