@@ -7,7 +7,7 @@
 Starts the simulator (`python -m mvbatch.sim`) on a free loopback port with
 outputs scaled to `--size-mb`, creates `--files` tasks, then, per round,
 fetches every output twice: with `curl --parallel --parallel-max N` (the
-reference) and with `mvbatch.download.Downloader(concurrency=N)` (streamed to
+reference) and with `mvbatch.downloads.fetch.Downloader(concurrency=N)` (streamed to
 a part file, SHA-256 while streaming, Content-Length check, fsync, rename,
 ledger row), N = `--concurrency` for both. Rounds alternate which goes first,
 each pass starts after `sync` with the previous pass's files hashed and
@@ -49,9 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from mvbatch import logs  # noqa: E402
-from mvbatch.download import Downloader, sha256_file  # noqa: E402
-from mvbatch.endpoint import Endpoint  # noqa: E402
-from mvbatch.ledger import Ledger, TaskRow  # noqa: E402
+from mvbatch.api.endpoint import Endpoint  # noqa: E402
+from mvbatch.downloads.fetch import Downloader, sha256_file  # noqa: E402
+from mvbatch.ledger.store import Ledger, TaskRow  # noqa: E402
 
 KEY = "mv_bench_local"
 READY = "mvbatch sim listening on "

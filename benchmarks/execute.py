@@ -46,11 +46,11 @@ from typing import Any
 import httpx
 
 from mvbatch import logs
-from mvbatch.client import ApiClient, pool_size
-from mvbatch.endpoint import Endpoint
-from mvbatch.executor import Executor
-from mvbatch.ledger import Ledger
-from mvbatch.polling import DELAY_WEIGHT, LatencyBook
+from mvbatch.api.client import ApiClient, pool_size
+from mvbatch.api.endpoint import Endpoint
+from mvbatch.ledger.store import Ledger
+from mvbatch.run.executor import Executor
+from mvbatch.run.polling import DELAY_WEIGHT, LatencyBook
 from mvbatch.settings import Settings
 from mvbatch.workflow import build_plan, planned_rows
 

@@ -25,9 +25,9 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from mvbatch import manifest, matrix
-from mvbatch.keys import canonical_json, task_key_from_text
-from mvbatch.planner import plan
+from mvbatch.plan import manifest, matrix
+from mvbatch.plan.keys import canonical_json, task_key_from_text
+from mvbatch.plan.planner import plan
 
 MODELS = ["kling-v2-6", "kling-v3-omni"]
 VARIANTS_PER_SHOT = 2 * 2 * 3 * 2  # mode x duration x aspect x model

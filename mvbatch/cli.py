@@ -24,7 +24,7 @@ from rich.text import Text
 from mvbatch import logs
 from mvbatch.errors import MvbatchError
 from mvbatch.settings import Settings, load_settings
-from mvbatch.terminal import Terminal
+from mvbatch.ui.terminal import Terminal
 
 EPILOG = """\b
 Exit codes: 0 everything asked for succeeded; 1 some tasks failed, were
@@ -194,7 +194,8 @@ def plan(
     first to learn the real rate). Below it: the totals, the cap and its
     source, and warnings. --json prints every task with its key and state.
     """
-    from mvbatch import planfile, render
+    from mvbatch.plan import planfile
+    from mvbatch.ui import render
     from mvbatch.workflow import build_plan, ledger_states
 
     settings = _settings()
@@ -313,9 +314,10 @@ def _run_command(
     import asyncio
     import shlex
 
-    from mvbatch import progress, render, workflow
+    from mvbatch import workflow
     from mvbatch.errors import BudgetError, UsageError
-    from mvbatch.executor import check_budget
+    from mvbatch.run.executor import check_budget
+    from mvbatch.ui import progress, render
 
     if simulate and live:
         raise UsageError("--simulate and --live exclude each other")
@@ -466,7 +468,8 @@ def status(
     Before the first run it shows the plan's tasks as left, with their
     estimate. Like `plan`, it reads only reference videos' MP4 headers.
     """
-    from mvbatch import progress, workflow
+    from mvbatch import workflow
+    from mvbatch.ui import progress
 
     document = workflow.status_document(manifest, _settings())
     if as_json:
@@ -486,7 +489,7 @@ def report(
     ] = False,
 ) -> None:
     """Write report.json/csv/md/html from the ledger, fetching any videos not yet on disk."""
-    from mvbatch.report import report_command
+    from mvbatch.report.model import report_command
 
     result = report_command(_settings(), manifest, download=not no_download)
     for line in result.summary():

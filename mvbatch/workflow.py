@@ -23,17 +23,18 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from mvbatch import logs, manifest, media, mp4, planfile
+from mvbatch import logs
 from mvbatch.errors import MvbatchError, UsageError
-from mvbatch.ledger import Ledger, TaskRow
-from mvbatch.planner import Plan, ReferenceProbe, plan
-from mvbatch.pricing import PriceBook
+from mvbatch.ledger.store import Ledger, TaskRow
+from mvbatch.plan import manifest, media, mp4, planfile
+from mvbatch.plan.planner import Plan, ReferenceProbe, plan
+from mvbatch.plan.pricing import PriceBook
 from mvbatch.settings import Settings
 
 if TYPE_CHECKING:
-    from mvbatch.endpoint import Endpoint
-    from mvbatch.executor import Executor, Preflight, RunResult
-    from mvbatch.report import ReportResult
+    from mvbatch.api.endpoint import Endpoint
+    from mvbatch.report.model import ReportResult
+    from mvbatch.run.executor import Executor, Preflight, RunResult
 
 PROBE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
 
@@ -80,13 +81,13 @@ def default_env(settings: Settings) -> str:
 
 
 def learned_rates(settings: Settings, env: str | None = None) -> Mapping[str, Decimal]:
-    from mvbatch import ledger
+    from mvbatch.ledger import store as ledger
 
     return ledger.learned_rates(settings.state_dir, env or default_env(settings))
 
 
 def ledger_states(the_plan: Plan, settings: Settings, env: str | None = None) -> Mapping[str, str]:
-    from mvbatch import ledger
+    from mvbatch.ledger import store as ledger
 
     return ledger.plan_states(
         settings.state_dir,
@@ -138,8 +139,8 @@ def prepare_run(
     max_wait_minutes: float | None = None,
 ) -> PreparedRun:
     """Everything `run` needs before its first request; makes none."""
-    from mvbatch.endpoint import choose
-    from mvbatch.executor import DEFAULT_MAX_WAIT, MAX_CONCURRENCY, effective_cap, preflight
+    from mvbatch.api.endpoint import choose
+    from mvbatch.run.executor import DEFAULT_MAX_WAIT, MAX_CONCURRENCY, effective_cap, preflight
 
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise UsageError(
@@ -281,10 +282,10 @@ async def execute(
     `watch(executor)` is the progress display's context (entered while the
     executor runs). Raises what the executor raises (AuthError, ApiUnavailable).
     """
-    from mvbatch import report
-    from mvbatch.client import ApiClient, pool_size
-    from mvbatch.download import Downloader
-    from mvbatch.executor import Executor
+    from mvbatch.api.client import ApiClient, pool_size
+    from mvbatch.downloads.fetch import Downloader
+    from mvbatch.report import model as report
+    from mvbatch.run.executor import Executor
 
     endpoint, ledger, the_plan = prepared.endpoint, prepared.ledger, prepared.plan
     loop = asyncio.get_running_loop()
@@ -396,8 +397,8 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     broke it) but the ledger has tasks, the ledger alone is reported and
     `plan_error` says why; with no ledger rows the error is raised.
     """
-    from mvbatch.ledger import IN_FLIGHT, STATUSES
-    from mvbatch.render import charge_of, failures_by_charge
+    from mvbatch.ledger.store import IN_FLIGHT, STATUSES
+    from mvbatch.ui.render import charge_of, failures_by_charge
 
     target = path
     if path.suffix == ".toml" and planfile.is_plan_file(path):

@@ -1,7 +1,7 @@
 """Synthetic MP4 files for tests: ftyp + moov(mvhd) + mdat, in either order.
 
 The bytes are a structurally valid ISO-BMFF skeleton, enough for anything that reads the
-box tree (mvbatch.mp4), not a playable video. Typical use from other tests::
+box tree (mvbatch.plan.mp4), not a playable video. Typical use from other tests::
 
     from mp4_fixtures import write_mp4
     ref = write_mp4(tmp_path / "ref.mp4", 8)  # an exactly 8 s reference clip

@@ -24,10 +24,10 @@ import structlog
 from click.testing import Result
 from typer.testing import CliRunner
 
+from mvbatch.api.client import ApiClient, RetryPolicy
 from mvbatch.cli import app
-from mvbatch.client import ApiClient, RetryPolicy
-from mvbatch.ledger import Ledger
-from mvbatch.planner import Plan
+from mvbatch.ledger.store import Ledger
+from mvbatch.plan.planner import Plan
 from mvbatch.settings import Settings
 from mvbatch.sim.app import create_app
 from mvbatch.sim.config import build_config

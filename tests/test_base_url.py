@@ -35,11 +35,11 @@ from run_helpers import (
 )
 from sim_helpers import running_sim
 
-from mvbatch.client import ApiClient, RetryPolicy
+from mvbatch.api.client import ApiClient, RetryPolicy
 from mvbatch.errors import ConfigError
-from mvbatch.executor import Executor
-from mvbatch.ledger import Ledger
-from mvbatch.planner import Plan
+from mvbatch.ledger.store import Ledger
+from mvbatch.plan.planner import Plan
+from mvbatch.run.executor import Executor
 
 DEMO = REPO / "jobs" / "demo.toml"
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}

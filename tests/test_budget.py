@@ -22,7 +22,7 @@ from run_helpers import (
 from sim_helpers import running_sim
 
 from mvbatch.errors import BudgetError
-from mvbatch.executor import Executor, check_budget, preflight
+from mvbatch.run.executor import Executor, check_budget, preflight
 
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}  # kling-v2-6 pro: undocumented, 0.058 real
 PRO_CLASS = 'kling-v2-6 {"audio":false,"mode":"pro"}'

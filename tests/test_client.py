@@ -14,7 +14,7 @@ import httpx
 import pytest
 from run_helpers import InProcessSim
 
-from mvbatch.client import (
+from mvbatch.api.client import (
     ApiClient,
     ApiUnavailable,
     RetryBudget,
@@ -429,7 +429,7 @@ async def test_events_is_one_attempt_with_a_deadline_and_keeps_text() -> None:
 
 
 async def test_server_messages_echoing_a_credential_are_redacted() -> None:
-    from mvbatch.client import server_message
+    from mvbatch.api.client import server_message
 
     response = httpx.Response(
         400,

@@ -21,7 +21,7 @@ import pytest
 from run_helpers import charges_by_key, cli, cli_env, cli_popen, shots, sim_stats, write_manifest
 from sim_helpers import running_sim
 
-from mvbatch.ledger import FILE_NAME, Ledger
+from mvbatch.ledger.store import FILE_NAME, Ledger
 
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}
 SEED = 20260101

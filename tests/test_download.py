@@ -38,8 +38,10 @@ from report_helpers import (
 )
 from sim_helpers import FakeClock, running_sim
 
-from mvbatch import download, tuning
-from mvbatch.download import (
+from mvbatch.api.endpoint import Endpoint
+from mvbatch.downloads import fetch as download
+from mvbatch.downloads import tuning
+from mvbatch.downloads.fetch import (
     Downloader,
     Fetched,
     contained,
@@ -47,9 +49,8 @@ from mvbatch.download import (
     report_folder,
     safe_component,
 )
-from mvbatch.endpoint import Endpoint
-from mvbatch.executor import OnSucceeded
-from mvbatch.ledger import Ledger, TaskRow
+from mvbatch.ledger.store import Ledger, TaskRow
+from mvbatch.run.executor import OnSucceeded
 from mvbatch.sim.app import create_app
 from mvbatch.sim.config import FaultRates, SimConfig
 

@@ -24,14 +24,14 @@ from run_helpers import (
 )
 from structlog.testing import capture_logs
 
-from mvbatch import executor as executor_module
-from mvbatch.client import ApiClient, RetryPolicy
+from mvbatch.api.client import ApiClient, RetryPolicy
 from mvbatch.errors import AuthError
-from mvbatch.executor import AdaptiveLimit, Executor, RunResult, effective_cap, preflight
-from mvbatch.keys import retry_key
-from mvbatch.ledger import Ledger, TaskRow
-from mvbatch.planner import Plan, PlannedTask
-from mvbatch.polling import LatencyBook, latency_class
+from mvbatch.ledger.store import Ledger, TaskRow
+from mvbatch.plan.keys import retry_key
+from mvbatch.plan.planner import Plan, PlannedTask
+from mvbatch.run import executor as executor_module
+from mvbatch.run.executor import AdaptiveLimit, Executor, RunResult, effective_cap, preflight
+from mvbatch.run.polling import LatencyBook, latency_class
 
 pytestmark = pytest.mark.anyio
 

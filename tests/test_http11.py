@@ -1,4 +1,4 @@
-"""The files transport (mvbatch.http11) against scripted servers on loopback.
+"""The files transport (mvbatch.downloads.http11) against scripted servers on loopback.
 
 Each test runs a real asyncio server on 127.0.0.1 that answers every request
 with bytes written by hand, so framing, reuse and failures are exactly the
@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mvbatch import http11
-from mvbatch.endpoint import Endpoint
-from mvbatch.http11 import FilesTransport
+from mvbatch.api.endpoint import Endpoint
+from mvbatch.downloads import http11
+from mvbatch.downloads.http11 import FilesTransport
 
 # An answer: the bytes to send, then whether to close the connection. None:
 # close at once, answering nothing.

@@ -11,9 +11,9 @@ import tomli_w
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mvbatch import manifest
-from mvbatch.keys import canonical_json, retry_key, task_key, task_key_from_text
-from mvbatch.planner import plan
+from mvbatch.plan import manifest
+from mvbatch.plan.keys import canonical_json, retry_key, task_key, task_key_from_text
+from mvbatch.plan.planner import plan
 
 scalars = st.one_of(
     st.booleans(),

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from mvbatch import ledger as ledger_module
-from mvbatch.ledger import Ledger, committed_cost
+from mvbatch.ledger import store as ledger_module
+from mvbatch.ledger.store import Ledger, committed_cost
 
 ENV = "sim"
 

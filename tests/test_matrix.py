@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mvbatch.matrix import expand, same
+from mvbatch.plan.matrix import expand, same
 
 
 def test_github_example_expanding_configurations() -> None:

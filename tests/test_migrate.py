@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlite_utils
 
-from mvbatch import ledger as ledger_module
-from mvbatch.ledger import MIGRATIONS, Ledger
+from mvbatch.ledger import store as ledger_module
+from mvbatch.ledger.store import MIGRATIONS, Ledger
 
 # The schema a blank ledger must have (compared with white space collapsed).
 # A change here is a change of the ledger format: it needs a new

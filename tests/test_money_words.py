@@ -26,11 +26,18 @@ from report_helpers import add_task, task_row
 from rich.console import Console, RenderableType
 from run_helpers import invoke, shots, write_manifest
 
-from mvbatch import progress, render
-from mvbatch.executor import Preflight, RunResult
-from mvbatch.ledger import STATUSES, Ledger
-from mvbatch.report import Report, TaskEntry, build_report, csv_text, markdown_text, write_report
+from mvbatch.ledger.store import STATUSES, Ledger
+from mvbatch.report.model import (
+    Report,
+    TaskEntry,
+    build_report,
+    csv_text,
+    markdown_text,
+    write_report,
+)
+from mvbatch.run.executor import Preflight, RunResult
 from mvbatch.settings import Settings
+from mvbatch.ui import progress, render
 from mvbatch.workflow import build_plan, status_document
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""mvbatch.mp4: durations from moov/mvhd, locally and over real loopback HTTP.
+"""mvbatch.plan.mp4: durations from moov/mvhd, locally and over real loopback HTTP.
 
 The HTTP tests run a stdlib threaded server on 127.0.0.1 that honours (or, on purpose,
 ignores) Range and counts the body bytes it sends, so "header bytes only" is measured on
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mvbatch import mp4
-from mvbatch.mp4 import ProbeResult, Reason
+from mvbatch.plan import mp4
+from mvbatch.plan.mp4 import ProbeResult, Reason
 
 try:  # tests/ as a plain directory on sys.path, or as a package
     from mp4_fixtures import box, make_mp4, mvhd, trak_stub, udta_stub, write_mp4

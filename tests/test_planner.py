@@ -12,12 +12,12 @@ import pytest
 from mp4_fixtures import write_mp4
 from typer.testing import CliRunner
 
-from mvbatch import manifest, planfile
 from mvbatch.cli import app
 from mvbatch.errors import ManifestError
-from mvbatch.mp4 import ProbeResult
-from mvbatch.planner import Plan, plan
-from mvbatch.pricing import PriceBook
+from mvbatch.plan import manifest, planfile
+from mvbatch.plan.mp4 import ProbeResult
+from mvbatch.plan.planner import Plan, plan
+from mvbatch.plan.pricing import PriceBook
 
 REPO = Path(__file__).resolve().parent.parent
 DOCUMENTED = {

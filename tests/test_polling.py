@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from mvbatch.polling import (
+from mvbatch.run.polling import (
     COLD_FIRST,
     MAX_GAP,
     MIN_GAP,

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from mvbatch import manifest
 from mvbatch.cli import app
-from mvbatch.keys import canonical_json
-from mvbatch.planner import plan
+from mvbatch.plan import manifest
+from mvbatch.plan.keys import canonical_json
+from mvbatch.plan.planner import plan
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")

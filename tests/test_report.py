@@ -22,10 +22,10 @@ import pytest
 from report_helpers import add_task, sha256, task_row, video_bytes
 
 from mvbatch import logs
-from mvbatch.download import Downloader, report_folder
-from mvbatch.ledger import Ledger
-from mvbatch.planner import Plan
-from mvbatch.report import (
+from mvbatch.downloads.fetch import Downloader, report_folder
+from mvbatch.ledger.store import Ledger
+from mvbatch.plan.planner import Plan
+from mvbatch.report.model import (
     ReportResult,
     build_report,
     md_cell,
@@ -478,9 +478,9 @@ def test_report_command_downloads_from_the_simulator_and_is_idempotent(
 
 def run_on_simulator(settings: Settings, plan: Plan) -> None:
     """What `mvbatch run --no-download` leaves behind, through the real executor."""
-    from mvbatch.client import ApiClient, RetryPolicy
-    from mvbatch.endpoint import choose
-    from mvbatch.executor import Executor
+    from mvbatch.api.client import ApiClient, RetryPolicy
+    from mvbatch.api.endpoint import choose
+    from mvbatch.run.executor import Executor
 
     endpoint = choose(settings, simulate=True, sim_speed=0)
 
@@ -496,10 +496,10 @@ def run_on_simulator(settings: Settings, plan: Plan) -> None:
 
 def test_a_run_downloads_as_tasks_succeed_then_reports(settings: Settings, plan: Plan) -> None:
     """The wiring of `mvbatch run`: the executor's hook, then `finish_run`."""
-    from mvbatch.client import ApiClient, RetryPolicy
-    from mvbatch.endpoint import choose
-    from mvbatch.executor import Executor
-    from mvbatch.report import finish_run
+    from mvbatch.api.client import ApiClient, RetryPolicy
+    from mvbatch.api.endpoint import choose
+    from mvbatch.report.model import finish_run
+    from mvbatch.run.executor import Executor
 
     endpoint = choose(settings, simulate=True, sim_speed=0)
 

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from report_helpers import add_task, video_bytes
 
-from mvbatch.download import Downloader
-from mvbatch.ledger import Ledger
-from mvbatch.report import ReportResult, write_report
+from mvbatch.downloads.fetch import Downloader
+from mvbatch.ledger.store import Ledger
+from mvbatch.report.model import ReportResult, write_report
 from mvbatch.settings import Settings
 from mvbatch.workflow import build_plan, planned_rows
 

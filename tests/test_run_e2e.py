@@ -27,7 +27,7 @@ from run_helpers import (
 )
 from sim_helpers import running_sim
 
-from mvbatch.ledger import Ledger
+from mvbatch.ledger.store import Ledger
 
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}
 

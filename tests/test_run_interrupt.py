@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from run_helpers import write_manifest
 
-from mvbatch import progress, report, workflow
-from mvbatch.ledger import Ledger
+from mvbatch import workflow
+from mvbatch.ledger.store import Ledger
+from mvbatch.report import model as report
 from mvbatch.settings import Settings
+from mvbatch.ui import progress
 
 
 def prepared_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> workflow.PreparedRun:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mvbatch import tuning
+from mvbatch.downloads import tuning
 
 glibc_only = pytest.mark.skipif(
     sys.platform != "linux" or not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"),
@@ -24,7 +24,7 @@ glibc_only = pytest.mark.skipif(
 RECEIVE = textwrap.dedent(
     """
     import resource, socket, sys, threading
-    from mvbatch import tuning
+    from mvbatch.downloads import tuning
     if sys.argv[1] == "tuned":
         tuning.keep_buffer_memory()
     payload = b"v" * (32 << 20)

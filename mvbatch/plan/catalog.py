@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 
 from mvbatch import schemas
-from mvbatch.media import LocalFile
+from mvbatch.plan.media import LocalFile
 
 IMAGE_REFERENCE = re.compile(r"<<<image_(\d+)>>>")
 

@@ -44,9 +44,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from mvbatch import logs, tuning
-from mvbatch.ledger import Ledger, Output, TaskRow
-from mvbatch.manifest import NAME_PATTERN
+from mvbatch import logs
+from mvbatch.downloads import tuning
+from mvbatch.ledger.store import Ledger, Output, TaskRow
+from mvbatch.plan.manifest import NAME_PATTERN
 
 VIDEOS = "videos"
 DEFAULT_MAX_BYTES = 4 * 1024**3  # far above any generated clip; stops a runaway body
@@ -77,7 +78,7 @@ _WINDOWS_RESERVED = frozenset(
 RefreshOutputs = Callable[[str], Awaitable[list[str]]]
 Outcome = Literal["downloaded", "kept", "failed", "busy"]
 
-log = logs.get("mvbatch.download")
+log = logs.get("mvbatch.downloads.fetch")
 
 
 # ------------------------------------------------------------------- naming

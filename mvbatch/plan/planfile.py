@@ -16,8 +16,8 @@ from typing import Any
 import tomli_w
 
 from mvbatch.errors import ManifestError, Problem
-from mvbatch.manifest import display_path
-from mvbatch.planner import Plan
+from mvbatch.plan.manifest import display_path
+from mvbatch.plan.planner import Plan
 
 FORMAT = "mvbatch-plan/1"
 

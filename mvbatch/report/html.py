@@ -25,9 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from mvbatch.download import value_text
-from mvbatch.render import usd
-from mvbatch.report import Report, TaskEntry, templates
+from mvbatch.downloads.fetch import value_text
+from mvbatch.report.model import Report, TaskEntry, templates
+from mvbatch.ui.render import usd
 
 # Below this share of filled cells, one shared column header would leave the
 # page mostly empty (shots with unrelated matrices): each shot gets its own

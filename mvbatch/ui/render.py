@@ -19,8 +19,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from mvbatch.planner import Plan, PlannedTask
-from mvbatch.pricing import normalize, total
+from mvbatch.plan.planner import Plan, PlannedTask
+from mvbatch.plan.pricing import normalize, total
 
 STATES = ("new", "in_flight", "done", "failed")
 STATE_WORDS = {

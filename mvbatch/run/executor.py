@@ -55,14 +55,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mvbatch import logs
-from mvbatch.client import STATUSES, ApiClient, EndpointMissing, TaskRejected, TaskState
+from mvbatch.api.client import STATUSES, ApiClient, EndpointMissing, TaskRejected, TaskState
 from mvbatch.errors import ApiError, BudgetError, MvbatchError, UsageError
-from mvbatch.keys import retry_key
-from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, TaskRow, committed_cost
-from mvbatch.media import FileChangedError
-from mvbatch.planner import Plan, PlannedTask
-from mvbatch.polling import LatencyBook, latency_class, replan_after
-from mvbatch.pricing import MICRO, Estimate, learn_rate, normalize
+from mvbatch.ledger.store import FAILED, IN_FLIGHT, Ledger, TaskRow, committed_cost
+from mvbatch.plan.keys import retry_key
+from mvbatch.plan.media import FileChangedError
+from mvbatch.plan.planner import Plan, PlannedTask
+from mvbatch.plan.pricing import MICRO, Estimate, learn_rate, normalize
+from mvbatch.run.polling import LatencyBook, latency_class, replan_after
 
 DEFAULT_CONCURRENCY = 16
 MAX_CONCURRENCY = 256
@@ -80,7 +80,7 @@ NOT_FOUND_SPAN = 120.0
 NOT_FOUND_BACKOFF = (2.0, 60.0)  # first wait after a not-found answer, and the ceiling
 
 OnSucceeded = Callable[[TaskRow], Awaitable[None]]
-log = logs.get("mvbatch.executor")
+log = logs.get("mvbatch.run.executor")
 
 
 # ----------------------------------------------------------------- test hook

@@ -20,8 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mvbatch.executor import Preflight, RunResult, Snapshot
-from mvbatch.terminal import Terminal
+from mvbatch.run.executor import Preflight, RunResult, Snapshot
+from mvbatch.ui.terminal import Terminal
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines without a terminal
 LIVE_INTERVAL = 0.25  # seconds between redraws of the live panel
@@ -211,7 +211,7 @@ class Display:
 # (charged $0.0414)", "failed (not charged)" (render.status_words).
 
 if TYPE_CHECKING:
-    from mvbatch.report import Report
+    from mvbatch.report.model import Report
 
 
 def preflight_view(check: Preflight, simulated: bool) -> RenderableType:
@@ -280,8 +280,8 @@ def result_view(result: RunResult, command: str, *, report: Report | None = None
     Without it (an interrupted run) the words come from the counts alone:
     a rejected task is never charged, a failed one may have been.
     """
-    from mvbatch.pricing import total
-    from mvbatch.render import failures_by_charge
+    from mvbatch.plan.pricing import total
+    from mvbatch.ui.render import failures_by_charge
 
     counts = result.counts
     entries = {t.key: t for t in report.tasks} if report is not None else {}

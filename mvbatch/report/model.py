@@ -52,7 +52,7 @@ import jinja2
 from markupsafe import Markup
 
 from mvbatch import logs
-from mvbatch.download import (
+from mvbatch.downloads.fetch import (
     Downloader,
     DownloadStats,
     Fetched,
@@ -60,17 +60,17 @@ from mvbatch.download import (
     value_text,
     variant_pairs,
 )
-from mvbatch.ledger import Ledger, Output, TaskRow, committed_cost
-from mvbatch.planner import Plan, PlannedTask
-from mvbatch.pricing import normalize, total
-from mvbatch.render import Charge, charge_of, failures_by_charge, json_number, status_words, usd
+from mvbatch.ledger.store import Ledger, Output, TaskRow, committed_cost
+from mvbatch.plan.planner import Plan, PlannedTask
+from mvbatch.plan.pricing import normalize, total
 from mvbatch.settings import Settings
+from mvbatch.ui.render import Charge, charge_of, failures_by_charge, json_number, status_words, usd
 
 PENDING = ("planned", "submitting", "queued", "processing")
 FAILED = ("failed", "rejected")
 FILES = {"json": "report.json", "csv": "report.csv", "md": "report.md", "html": "report.html"}
 
-log = logs.get("mvbatch.report")
+log = logs.get("mvbatch.report.model")
 
 
 # ------------------------------------------------------------------- model
@@ -583,7 +583,7 @@ def _from_row(
     for output in outputs.get(row.key, ()):
         seconds = None
         if output.path:
-            from mvbatch import mp4
+            from mvbatch.plan import mp4
 
             seconds = mp4.local_duration(folder / output.path)
         entries.append(
@@ -638,7 +638,7 @@ def _instant(stamp: str | None) -> float | None:
 @cache
 def templates() -> jinja2.Environment:
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("mvbatch", "templates"),
+        loader=jinja2.PackageLoader("mvbatch.report", "templates"),
         # On for every template, Markdown included: a prompt is data, and
         # escaped HTML is harmless in a Markdown viewer while raw HTML is not.
         autoescape=True,
@@ -816,7 +816,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def write_reports(report: Report, folder: Path) -> dict[str, Path]:
-    from mvbatch.report_html import contact_sheet
+    from mvbatch.report.html import contact_sheet
 
     folder.mkdir(parents=True, exist_ok=True)
     texts = {
@@ -954,7 +954,7 @@ def report_env(settings: Settings, ledger: Ledger, name: str) -> str:
 
 def report_command(settings: Settings, manifest_path: Path, download: bool) -> ReportResult:
     """`mvbatch report MANIFEST [--no-download]`: verify or fetch the videos, write the reports."""
-    from mvbatch import manifest
+    from mvbatch.plan import manifest
     from mvbatch.workflow import build_plan
 
     name = manifest.load(manifest_path).manifest.name
@@ -973,8 +973,8 @@ def report_command(settings: Settings, manifest_path: Path, download: bool) -> R
 async def _download(
     settings: Settings, ledger: Ledger, env: str, rows: list[TaskRow]
 ) -> tuple[list[Fetched], DownloadStats]:
-    from mvbatch.client import ApiClient
-    from mvbatch.endpoint import Endpoint, choose
+    from mvbatch.api.client import ApiClient
+    from mvbatch.api.endpoint import Endpoint, choose
 
     if env == "sim":
         endpoint = choose(settings, simulate=True)

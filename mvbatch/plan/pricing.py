@@ -16,8 +16,8 @@ from functools import cache
 from typing import Any, Literal
 
 from mvbatch import schemas
-from mvbatch.catalog import Model
-from mvbatch.keys import canonical_json
+from mvbatch.plan.catalog import Model
+from mvbatch.plan.keys import canonical_json
 
 Source = Literal["documented", "learned", "assumed"]
 MICRO = Decimal("0.000001")

@@ -17,13 +17,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from mvbatch import catalog, matrix, media
-from mvbatch.catalog import Model
 from mvbatch.errors import ManifestError, Problem
-from mvbatch.keys import canonical_json, task_key_from_text
-from mvbatch.manifest import LoadedManifest, Shot
-from mvbatch.mp4 import ProbeResult
-from mvbatch.pricing import Estimate, PriceBook, total
+from mvbatch.plan import catalog, matrix, media
+from mvbatch.plan.catalog import Model
+from mvbatch.plan.keys import canonical_json, task_key_from_text
+from mvbatch.plan.manifest import LoadedManifest, Shot
+from mvbatch.plan.mp4 import ProbeResult
+from mvbatch.plan.pricing import Estimate, PriceBook, total
 
 PORTABLE_ASPECT = "aspect_ratio"
 Variant = tuple[tuple[str, Any], ...]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from mvbatch.downloads.http11 import FilesTransport
 from mvbatch.errors import ConfigError, UsageError
-from mvbatch.http11 import FilesTransport
 from mvbatch.settings import Settings
 
 SIM_BASE_URL = "http://simulator.mvbatch.invalid/api/v1"
@@ -59,7 +59,7 @@ class Endpoint:
     def files_client(self, timeout: float = 60.0, max_connections: int = 16) -> httpx.AsyncClient:
         transport = self.transport
         if transport is None and not _environment_proxies():
-            # Bulk bytes: our lean HTTP/1.1 transport (mvbatch.http11). With
+            # Bulk bytes: our lean HTTP/1.1 transport (mvbatch.downloads.http11). With
             # a proxy configured, httpx's own transport honours it.
             transport = FilesTransport(max_connections=max_connections)
         return httpx.AsyncClient(

@@ -62,7 +62,7 @@ import httpx
 
 from mvbatch import logs
 from mvbatch.errors import ApiError, AuthError, ConfigError
-from mvbatch.keys import canonical_json
+from mvbatch.plan.keys import canonical_json
 
 STATUSES = ("queued", "processing", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
@@ -85,7 +85,7 @@ def pool_size(concurrency: int) -> int:
     return max(1, min(concurrency, MAX_CONNECTIONS))
 
 
-log = logs.get("mvbatch.client")
+log = logs.get("mvbatch.api.client")
 
 
 class MalformedResponse(Exception):
