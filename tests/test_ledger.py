@@ -1,7 +1,13 @@
-"""The ledger: every step in one transaction, every transition in an append-only log."""
+"""The ledger: every step in one transaction, every transition in an append-only log.
+
+Also: `SqliteLedger` is a `Ledger` (the protocol the other stages use), and
+every statement it runs is a named query of `queries.sql`.
+"""
 
 from __future__ import annotations
 
+import inspect
+import re
 import sqlite3
 import threading
 import time
@@ -11,8 +17,17 @@ from typing import Any
 
 import pytest
 
-from mvbatch.ledger import store as ledger_module
-from mvbatch.ledger.store import Ledger, committed_cost
+from mvbatch.ledger import (
+    Ledger,
+    SqliteLedger,
+    committed_cost,
+    learned_rates,
+    migrations,
+    open_ledger,
+    plan_states,
+    queries,
+)
+from mvbatch.ledger import sqlite as sqlite_module
 
 ENV = "sim"
 
@@ -36,13 +51,13 @@ def row(key: str = "mvb1-a", **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    opened = Ledger(tmp_path / "state")
+def ledger(tmp_path: Path) -> SqliteLedger:
+    opened = SqliteLedger(tmp_path / "state")
     opened.ensure_tasks(ENV, [row()])
     return opened
 
 
-def test_a_task_walks_its_lifecycle_and_every_step_is_an_event(ledger: Ledger) -> None:
+def test_a_task_walks_its_lifecycle_and_every_step_is_an_event(ledger: SqliteLedger) -> None:
     assert ledger.task(ENV, "mvb1-a").status == "planned"  # type: ignore[union-attr]
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
@@ -103,7 +118,7 @@ def test_a_task_walks_its_lifecycle_and_every_step_is_an_event(ledger: Ledger) -
     assert ledger.latencies(ENV) == {"c 5s": [4.2]}
 
 
-def test_the_event_log_is_append_only(ledger: Ledger) -> None:
+def test_the_event_log_is_append_only(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -113,7 +128,7 @@ def test_the_event_log_is_append_only(ledger: Ledger) -> None:
         ledger.db.execute("DELETE FROM events")
 
 
-def test_ensure_tasks_never_touches_a_known_task(ledger: Ledger) -> None:
+def test_ensure_tasks_never_touches_a_known_task(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -122,9 +137,13 @@ def test_ensure_tasks_never_touches_a_known_task(ledger: Ledger) -> None:
     assert ledger.task(ENV, "mvb1-a").shot == "car"  # type: ignore[union-attr]
     assert [t.key for t in ledger.tasks(ENV, "demo")] == ["mvb1-a", "mvb1-b"]
     assert ledger.tasks("live", "demo") == []  # simulated and live never mix
+    ledger.ensure_tasks(ENV, [row("mvb1-c", manifest="other")])
+    assert [t.key for t in ledger.tasks(ENV, "demo")] == ["mvb1-a", "mvb1-b"]
+    assert [t.key for t in ledger.tasks(ENV)] == ["mvb1-a", "mvb1-b", "mvb1-c"]
+    assert ledger.task(ENV, "mvb1-unknown") is None
 
 
-def test_a_retry_is_a_new_attempt_with_a_new_key_and_a_clean_row(ledger: Ledger) -> None:
+def test_a_retry_is_a_new_attempt_with_a_new_key_and_a_clean_row(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -172,7 +191,7 @@ def test_a_retry_is_a_new_attempt_with_a_new_key_and_a_clean_row(ledger: Ledger)
     ]
 
 
-def test_a_rejected_task_costs_nothing_and_keeps_the_servers_message(ledger: Ledger) -> None:
+def test_a_rejected_task_costs_nothing_and_keeps_the_servers_message(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -211,7 +230,7 @@ def test_committed_cost(
     ) == Decimal(expected)
 
 
-def test_outputs_urls_and_downloads(ledger: Ledger) -> None:
+def test_outputs_urls_and_downloads(ledger: SqliteLedger) -> None:
     ledger.record_output_url(ENV, "mvb1-a", 0, "https://cdn/old.mp4")
     ledger.record_output_url(ENV, "mvb1-a", 0, "https://cdn/fresh.mp4")
     ledger.record_download(ENV, "mvb1-a", 0, "videos/a.mp4", "ab" * 32, 1234)
@@ -224,7 +243,7 @@ def test_outputs_urls_and_downloads(ledger: Ledger) -> None:
     assert output.downloaded_at is not None
 
 
-def test_undownloaded_lists_succeeded_tasks_with_missing_files(ledger: Ledger) -> None:
+def test_undownloaded_lists_succeeded_tasks_with_missing_files(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -248,42 +267,47 @@ def test_undownloaded_lists_succeeded_tasks_with_missing_files(ledger: Ledger) -
 
 
 def test_learned_rates_and_latencies_persist(tmp_path: Path) -> None:
-    with Ledger(tmp_path) as ledger:
-        ledger.learn_rate(ENV, "kling-v2-6 pro", Decimal("0.0116"))
-        ledger.learn_rate(ENV, "kling-v2-6 pro", Decimal("0.0117"))
+    with SqliteLedger(tmp_path) as ledger:
+        ledger.record_learned_rate(ENV, "kling-v2-6 pro", Decimal("0.0116"))
+        ledger.record_learned_rate(ENV, "kling-v2-6 pro", Decimal("0.0117"))
         for seconds in (3.0, 4.0, 5.0):
             ledger.db.execute(
                 "INSERT INTO latencies (env, latency_class, seconds, observed_at) "
                 "VALUES (?, ?, ?, ?)",
                 [ENV, "c", seconds, "now"],
             )
-    assert ledger_module.learned_rates(tmp_path, ENV) == {"kling-v2-6 pro": Decimal("0.0117")}
-    assert ledger_module.learned_rates(tmp_path, "live") == {}
-    with Ledger(tmp_path) as ledger:
+    assert learned_rates(tmp_path, ENV) == {"kling-v2-6 pro": Decimal("0.0117")}
+    assert learned_rates(tmp_path, "live") == {}
+    with open_ledger(tmp_path) as ledger:
+        assert ledger.learned_rates(ENV) == {"kling-v2-6 pro": Decimal("0.0117")}
         assert sorted(ledger.latencies(ENV)["c"]) == [3.0, 4.0, 5.0]
         assert ledger.latencies(ENV, limit_per_class=2)["c"] == [5.0, 4.0]  # newest first
 
 
-def test_runs_are_recorded(ledger: Ledger) -> None:
+def test_runs_are_recorded(ledger: SqliteLedger) -> None:
     run_id = ledger.start_run(ENV, "demo", "http://sim/api/v1", Decimal(2), 16)
-    assert ledger.was_simulated("demo") is True
+    started = ledger.last_run("demo")
+    assert started is not None
+    assert (started["id"], started["env"], started["outcome"]) == (run_id, "sim", None)
     ledger.finish_run(run_id, "succeeded")
     last = ledger.last_run("demo")
     assert last is not None
     assert last["outcome"] == "succeeded"
     assert last["max_usd"] == "2"
+    assert last["finished_at"] is not None
+    assert ledger.last_run("other") is None
 
 
-def test_pragmas_wal_and_busy_timeout(ledger: Ledger) -> None:
+def test_pragmas_wal_and_busy_timeout(ledger: SqliteLedger) -> None:
     assert ledger.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert ledger.db.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
     assert ledger.integrity_check() == "ok"
 
 
 def test_write_transactions_start_immediate_so_two_writers_wait_not_fail(tmp_path: Path) -> None:
-    first = Ledger(tmp_path)
+    first = SqliteLedger(tmp_path)
     first.ensure_tasks(ENV, [row()])
-    second = Ledger(tmp_path)
+    second = SqliteLedger(tmp_path)
     order: list[str] = []
     with first.transaction():
         # The write lock is taken at BEGIN: a second writer waits for it.
@@ -303,7 +327,7 @@ def test_write_transactions_start_immediate_so_two_writers_wait_not_fail(tmp_pat
     assert first.task(ENV, "mvb1-a").status == "submitting"  # type: ignore[union-attr]
 
 
-def test_a_failed_step_leaves_nothing_behind(ledger: Ledger) -> None:
+def test_a_failed_step_leaves_nothing_behind(ledger: SqliteLedger) -> None:
     def half_done() -> None:
         with ledger.transaction() as db:
             db.execute("UPDATE tasks SET status = 'succeeded'")
@@ -315,11 +339,22 @@ def test_a_failed_step_leaves_nothing_behind(ledger: Ledger) -> None:
 
 
 def test_plan_states_read_without_a_ledger_file(tmp_path: Path) -> None:
-    assert ledger_module.plan_states(tmp_path / "none", "demo", ["k"], ENV) == {}
+    assert plan_states(tmp_path / "none", "demo", ["k"], ENV) == {}
+    assert learned_rates(tmp_path / "none", ENV) == {}
     assert not (tmp_path / "none").exists()
 
 
-def test_a_retry_keeps_what_the_failed_attempt_cost_in_cost_prior(ledger: Ledger) -> None:
+def test_plan_states_of_the_keys_asked_for(ledger: SqliteLedger, tmp_path: Path) -> None:
+    ledger.ensure_tasks(ENV, [row("mvb1-b")])
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    states = plan_states(tmp_path / "state", "demo", ["mvb1-a", "mvb1-b", "mvb1-unknown"], ENV)
+    assert states == {"mvb1-a": "in_flight", "mvb1-b": "new"}
+    assert plan_states(tmp_path / "state", "demo", ["mvb1-a"], "live") == {}
+
+
+def test_a_retry_keeps_what_the_failed_attempt_cost_in_cost_prior(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -361,7 +396,7 @@ def test_a_retry_keeps_what_the_failed_attempt_cost_in_cost_prior(ledger: Ledger
     assert again.cost_prior == Decimal("0.05")  # a rejection added nothing, lost nothing
 
 
-def test_a_refused_resend_is_failed_and_keeps_the_estimate(ledger: Ledger) -> None:
+def test_a_refused_resend_is_failed_and_keeps_the_estimate(ledger: SqliteLedger) -> None:
     ledger.record_intent(
         ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
     )
@@ -371,3 +406,81 @@ def test_a_refused_resend_is_failed_and_keeps_the_estimate(ledger: Ledger) -> No
     task = ledger.task(ENV, "mvb1-a")
     assert task is not None
     assert (task.status, task.committed) == ("failed", Decimal("0.2"))
+
+
+# ------------------------------------------------------------- the protocol
+
+
+def protocol_operations() -> list[str]:
+    return [
+        name
+        for name, value in vars(Ledger).items()
+        if inspect.isfunction(value)
+        and name != "__init__"  # typing.Protocol's own
+        and (not name.startswith("_") or name in ("__enter__", "__exit__"))
+    ]
+
+
+def test_the_protocol_lists_the_operations_the_stages_use() -> None:
+    assert len(protocol_operations()) > 20
+    assert {"record_intent", "record_submitted", "record_finished", "__enter__"} <= set(
+        protocol_operations()
+    )
+
+
+@pytest.mark.parametrize("name", protocol_operations())
+def test_sqlite_ledger_has_every_operation_with_the_same_parameters(name: str) -> None:
+    implemented = getattr(SqliteLedger, name, None)
+    assert implemented is not None, f"SqliteLedger has no {name}"
+    assert inspect.signature(implemented) == inspect.signature(getattr(Ledger, name))
+
+
+def test_every_operation_says_what_it_guarantees() -> None:
+    undocumented = [
+        name
+        for name in protocol_operations()
+        if not name.startswith("_") and name != "close" and not getattr(Ledger, name).__doc__
+    ]
+    assert not undocumented
+
+
+def test_open_ledger_is_a_context_manager_that_closes(tmp_path: Path) -> None:
+    with open_ledger(tmp_path / "state") as ledger:
+        assert isinstance(ledger, SqliteLedger)
+        ledger.ensure_tasks(ENV, [row()])
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        ledger.task(ENV, "mvb1-a")
+    with open_ledger(tmp_path / "state") as again:
+        assert again.task(ENV, "mvb1-a") is not None
+
+
+# ---------------------------------------------------------- the named queries
+
+
+def used_query_names() -> set[str]:
+    used: set[str] = set()
+    for module in (sqlite_module, migrations):
+        source = Path(module.__file__ or "").read_text(encoding="utf-8")
+        used |= set(re.findall(r'Q\["([a-z0-9_]+)"\]', source))
+        used |= set(re.findall(r"_transition\(\s*db,\s*\"([a-z0-9_]+)\"", source))
+    return used
+
+
+def test_every_named_query_is_used_and_every_name_used_exists() -> None:
+    assert used_query_names() == set(queries.QUERIES)
+
+
+def test_no_sql_outside_the_query_file_but_the_frozen_schema_and_pragmas() -> None:
+    source = Path(sqlite_module.__file__ or "").read_text(encoding="utf-8")
+    assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA)\b", source)
+
+
+def test_queries_are_parsed_by_name_without_their_comments() -> None:
+    parsed = queries.parse(
+        "-- header\n\n-- name: one\n-- what it does\nSELECT 1;\n\n-- name: two\nSELECT\n  2;\n"
+    )
+    assert parsed == {"one": "SELECT 1;", "two": "SELECT\n  2;"}
+    with pytest.raises(ValueError, match="'one' is named twice"):
+        queries.parse("-- name: one\nSELECT 1;\n-- name: one\nSELECT 2;\n")
+    with pytest.raises(ValueError, match="'empty' has no statement"):
+        queries.parse("-- name: empty\n-- nothing here\n")

@@ -1,1 +1,68 @@
-"""ledger"""
+"""The ledger: every step of every task, recorded so that nothing is lost or charged twice.
+
+Owns: what was planned, sent, answered, charged and downloaded, for every
+task of every manifest, across runs and crashes; the runs themselves; what
+the server taught us (rates, latencies). Callers speak to it through the
+`Ledger` protocol (`interface.py`, each operation with its guarantee) and get
+one from `open_ledger`; `SqliteLedger` (`sqlite.py`) is the implementation,
+its schema in `migrations.py` and its statements in `queries.sql`.
+
+Must not: talk to the network, decide anything (it records what the executor,
+the downloader and the user decided), store the API key, or import a later
+stage (api, run, downloads, report, ui): it sits below them all.
+
+    rows.py        TaskRow, Output, the statuses, committed_cost (pure data)
+    interface.py   the Ledger protocol
+    sqlite.py      SqliteLedger, on ledger.sqlite under the state folder
+    connection.py  the SQLite connection: WAL, BEGIN IMMEDIATE, busy timeout
+    migrations.py  the schema as named migrations, applied once each
+    queries.py     loads queries.sql: every statement, by name
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+from mvbatch.ledger.interface import Ledger
+from mvbatch.ledger.rows import FAILED, IN_FLIGHT, STATUSES, Output, TaskRow, committed_cost
+from mvbatch.ledger.sqlite import SqliteLedger
+
+__all__ = [
+    "FAILED",
+    "IN_FLIGHT",
+    "STATUSES",
+    "Ledger",
+    "Output",
+    "SqliteLedger",
+    "TaskRow",
+    "committed_cost",
+    "learned_rates",
+    "open_ledger",
+    "plan_states",
+]
+
+
+def open_ledger(state_dir: Path) -> Ledger:
+    """The ledger kept under `state_dir`, created and migrated if need be. Close it after use.
+
+    (Later, a PostgreSQL URL will open the shared ledger of a fleet of workers.)
+    """
+    return SqliteLedger(state_dir)
+
+
+def learned_rates(state_dir: Path, env: str) -> dict[str, Decimal]:
+    """The rates learned so far; none, and no ledger created, if there is none yet."""
+    if not SqliteLedger.exists(state_dir):
+        return {}
+    with open_ledger(state_dir) as ledger:
+        return ledger.learned_rates(env)
+
+
+def plan_states(state_dir: Path, manifest: str, keys: list[str], env: str) -> dict[str, str]:
+    """Each known key's plan state (`new`, `in_flight`, `done`, `failed`); creates no ledger."""
+    if not SqliteLedger.exists(state_dir):
+        return {}
+    with open_ledger(state_dir) as ledger:
+        wanted = set(keys)
+        return {row.key: row.plan_state for row in ledger.tasks(env, manifest) if row.key in wanted}

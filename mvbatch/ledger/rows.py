@@ -1,0 +1,132 @@
+"""What the ledger hands out: task rows, outputs, the statuses, what a task costs.
+
+Owns: the shapes every backend returns (`TaskRow`, `Output`), the task
+statuses and their groups, and `committed_cost`, the one rule for how much a
+task stands for. Pure data: no SQL, no I/O, nothing about how a backend stores
+a value (that decoding lives with the backend).
+
+A task's life (`status`); every change appends an event:
+
+    planned ─► submitting ─► queued ─► processing ─► succeeded
+                  │   ▲          └──────────┴──────► failed / cancelled
+                  │   └── (--retry-failed: a new attempt, a new submit_key)
+                  └─► rejected (the server refused the request: a 4xx)
+
+`submitting` is the intent, committed before the POST; the task id is
+committed right after it returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+STATUSES = (
+    "planned",
+    "submitting",
+    "queued",
+    "processing",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "rejected",
+)
+IN_FLIGHT = ("submitting", "queued", "processing")
+FAILED = ("failed", "cancelled", "rejected")
+# How `plan` and `status` group the statuses.
+PLAN_STATE = {
+    "planned": "new",
+    "submitting": "in_flight",
+    "queued": "in_flight",
+    "processing": "in_flight",
+    "succeeded": "done",
+    "failed": "failed",
+    "cancelled": "failed",
+    "rejected": "failed",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """One task as the ledger knows it (a snapshot; the ledger is the truth)."""
+
+    env: str
+    key: str
+    manifest: str
+    shot: str
+    shots: list[str]
+    variant: dict[str, Any]
+    take: int
+    model: str
+    input: dict[str, Any]
+    price_class: str
+    seconds: Decimal | None
+    upper_bound: bool
+    estimate_local: Decimal
+    estimate_source: str
+    status: str
+    attempt: int
+    submit_key: str
+    task_id: str | None
+    request_id: str | None
+    cost_estimate: Decimal | None
+    cost_actual: Decimal | None
+    error: str | None
+    server_events: Any
+    submissions: int
+    polls: int
+    run_id: int | None
+    created_at: str
+    submitted_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    # What earlier, superseded attempts (`--retry-failed`) committed us to spend.
+    cost_prior: Decimal = Decimal(0)
+
+    @property
+    def plan_state(self) -> str:
+        return PLAN_STATE.get(self.status, "new")
+
+    @property
+    def committed(self) -> Decimal:
+        """What this task has committed us to spend, as best the ledger knows."""
+        return self.cost_prior + committed_cost(
+            self.status, self.estimate_local, self.cost_estimate, self.cost_actual
+        )
+
+
+def committed_cost(
+    status: str, local: Decimal, server: Decimal | None, actual: Decimal | None
+) -> Decimal:
+    """The spend a task stands for: actual if known, else the server's estimate, else ours.
+
+    A task with recorded intent but no answer (`submitting`) counts at our
+    estimate: the POST may have reached the server. A failed task without an
+    actual cost counts at the server's estimate (we cannot know it was
+    refunded); one the server refused outright (`rejected`) costs nothing.
+    """
+    if status in ("planned", "rejected"):
+        return Decimal(0)
+    if actual is not None:
+        return actual
+    if server is not None:
+        return server
+    if status in ("failed", "cancelled"):
+        return Decimal(0)
+    return local
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One output video of a task: its URL, and the file once downloaded and verified."""
+
+    idx: int
+    url: str
+    path: str | None
+    sha256: str | None
+    bytes: int | None
+    downloaded_at: str | None
+    file_stat: str | None = None  # how the file looked on disk when last hashed
+    verified_at: str | None = None

@@ -1,0 +1,461 @@
+"""The ledger in one SQLite file under the state folder: `SqliteLedger`.
+
+Owns: implementing the `Ledger` protocol on `ledger.sqlite` through
+sqlite-utils, with the statements of `queries.sql`, and decoding its columns
+(JSON text, decimal text) into `TaskRow`s and `Output`s. Must not: talk to
+the network, decide anything (it records), or receive the API key.
+
+Every write is one `BEGIN IMMEDIATE` transaction, so two processes on one
+ledger serialise on the write lock instead of failing half-way (with a
+`busy_timeout` to wait for it), and a `kill -9` leaves either the whole step or
+none of it. WAL mode lets `plan` and `status` read while a run writes. Money is
+stored as decimal TEXT, never as a float. Opening a ledger applies its pending
+migrations (`migrations.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Self
+
+import sqlite_utils
+
+from mvbatch.ledger import connection, migrations
+from mvbatch.ledger.connection import FILE_NAME, now
+from mvbatch.ledger.queries import QUERIES as Q
+from mvbatch.ledger.rows import FAILED, Output, TaskRow
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
+
+
+def _task_row(row: Mapping[str, Any]) -> TaskRow:
+    """A `tasks` row as stored (JSON and decimal text, 0/1) as a `TaskRow`."""
+    return TaskRow(
+        env=row["env"],
+        key=row["key"],
+        manifest=row["manifest"],
+        shot=row["shot"],
+        shots=json.loads(row["shots"]),
+        variant=json.loads(row["variant"]),
+        take=row["take"],
+        model=row["model"],
+        input=json.loads(row["input"]),
+        price_class=row["price_class"],
+        seconds=_decimal(row["seconds"]),
+        upper_bound=bool(row["upper_bound"]),
+        estimate_local=Decimal(row["estimate_local"]),
+        estimate_source=row["estimate_source"],
+        status=row["status"],
+        attempt=row["attempt"],
+        submit_key=row["submit_key"],
+        task_id=row["task_id"],
+        request_id=row["request_id"],
+        cost_estimate=_decimal(row["cost_estimate"]),
+        cost_actual=_decimal(row["cost_actual"]),
+        error=row["error"],
+        server_events=json.loads(row["server_events"]) if row["server_events"] else None,
+        submissions=row["submissions"],
+        polls=row["polls"],
+        run_id=row["run_id"],
+        created_at=row["created_at"],
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        cost_prior=Decimal(row["cost_prior"] or "0"),
+    )
+
+
+class SqliteLedger:
+    """The ledger file, opened (and migrated) for one process. Implements `Ledger`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = connection.connect(state_dir / FILE_NAME)
+        migrations.migrate(self.db)
+
+    @staticmethod
+    def exists(state_dir: Path) -> bool:
+        """Whether a ledger was ever created under `state_dir` (creates nothing)."""
+        return (state_dir / FILE_NAME).is_file()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        """One step of raw SQL, all or nothing (tests use it to stage a crash)."""
+        with connection.transaction(self.db) as db:
+            yield db
+
+    def integrity_check(self) -> str:
+        """SQLite's own check of the file: "ok", or what is broken."""
+        return str(self.db.execute(Q["integrity_check"]).fetchone()[0])
+
+    # -- runs
+
+    def start_run(
+        self,
+        env: str,
+        manifest: str,
+        base_url: str,
+        max_usd: Decimal | None,
+        concurrency: int | None = None,
+    ) -> int:
+        with self.transaction() as db:
+            cursor = db.execute(
+                Q["start_run"],
+                {
+                    "env": env,
+                    "manifest": manifest,
+                    "base_url": base_url,
+                    "started_at": now(),
+                    "max_usd": _money(max_usd),
+                    "concurrency": concurrency,
+                    "pid": os.getpid(),
+                },
+            )
+            return int(cursor.lastrowid or 0)
+
+    def finish_run(self, run_id: int, outcome: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                Q["finish_run"], {"finished_at": now(), "outcome": outcome, "run_id": run_id}
+            )
+
+    def last_run(self, manifest: str) -> dict[str, Any] | None:
+        rows = list(self.db.query(Q["last_run"], {"manifest": manifest}))
+        return rows[0] if rows else None
+
+    # -- tasks: reading
+
+    def task(self, env: str, key: str) -> TaskRow | None:
+        rows = list(self.db.query(Q["task"], {"env": env, "key": key}))
+        return _task_row(rows[0]) if rows else None
+
+    def tasks(self, env: str, manifest: str | None = None) -> list[TaskRow]:
+        if manifest is None:
+            found = self.db.query(Q["tasks_of_env"], {"env": env})
+        else:
+            found = self.db.query(Q["tasks_of_manifest"], {"env": env, "manifest": manifest})
+        return [_task_row(r) for r in found]
+
+    def events(self, env: str, key: str) -> list[dict[str, Any]]:
+        return list(self.db.query(Q["events"], {"env": env, "key": key}))
+
+    # -- tasks: writing (one transaction per step, event included)
+
+    def ensure_tasks(self, env: str, rows: Iterable[Mapping[str, Any]]) -> None:
+        stamp = now()
+        values = [
+            {
+                "env": env,
+                "key": r["key"],
+                "manifest": r["manifest"],
+                "shot": r["shot"],
+                "shots": _json(list(r["shots"])),
+                "variant": _json(r["variant"]),
+                "take": r["take"],
+                "model": r["model"],
+                "input": _json(r["input"]),
+                "price_class": r["price_class"],
+                "seconds": _money(r.get("seconds")),
+                "upper_bound": int(bool(r.get("upper_bound"))),
+                "estimate_local": str(r["estimate_local"]),
+                "estimate_source": r["estimate_source"],
+                "stamp": stamp,
+            }
+            for r in rows
+        ]
+        with self.transaction() as db:
+            db.conn.executemany(Q["ensure_task"], values)
+
+    def _transition(
+        self,
+        db: sqlite_utils.Database,
+        query: str,
+        values: dict[str, Any],
+        *,
+        previous: str,
+        status: str,
+        run_id: int | None,
+        detail: Mapping[str, Any] | None,
+    ) -> None:
+        """Run the named status change (`values` has `env`, `key`, `stamp`) and log its event."""
+        db.execute(Q[query], values)
+        event = {
+            "env": values["env"],
+            "key": values["key"],
+            "run_id": run_id,
+            "at": values["stamp"],
+            "previous": previous,
+            "status": status,
+            "detail": _json(dict(detail)) if detail else None,
+        }
+        db.execute(Q["append_event"], event)
+
+    def record_intent(
+        self,
+        env: str,
+        key: str,
+        *,
+        previous: str,
+        submit_key: str,
+        attempt: int,
+        run_id: int | None,
+    ) -> None:
+        task = {"env": env, "key": key}
+        with self.transaction() as db:
+            if attempt > 0 and previous in FAILED:
+                rows = list(db.query(Q["task"], task))
+                # cost_prior + what the old attempt stands for
+                prior = _task_row(rows[0]).committed if rows else Decimal(0)
+                db.execute(Q["forget_attempt"], {**task, "cost_prior": _money(prior) or "0"})
+                db.execute(Q["forget_outputs"], task)
+            change = {"submit_key": submit_key, "attempt": attempt}
+            self._transition(
+                db,
+                "record_intent",
+                {**task, **change, "run_id": run_id, "stamp": now()},
+                previous=previous,
+                status="submitting",
+                run_id=run_id,
+                detail=change,
+            )
+
+    def record_submitted(
+        self,
+        env: str,
+        key: str,
+        *,
+        task_id: str,
+        request_id: str | None,
+        status: str,
+        cost_estimate: Decimal | None,
+        run_id: int | None,
+    ) -> None:
+        answer = {
+            "task_id": task_id,
+            "request_id": request_id,
+            "cost_estimate": _money(cost_estimate),
+        }
+        with self.transaction() as db:
+            self._transition(
+                db,
+                "record_submitted",
+                {"env": env, "key": key, "status": status, **answer, "stamp": now()},
+                previous="submitting",
+                status=status,
+                run_id=run_id,
+                detail=answer,
+            )
+
+    def record_progress(
+        self, env: str, key: str, *, previous: str, status: str, polls: int, run_id: int | None
+    ) -> None:
+        stamp = now()
+        started_at = stamp if status == "processing" else None
+        values = {"env": env, "key": key, "status": status, "polls": polls, "stamp": stamp}
+        with self.transaction() as db:
+            self._transition(
+                db,
+                "record_progress",
+                {**values, "started_at": started_at},
+                previous=previous,
+                status=status,
+                run_id=run_id,
+                detail=None,
+            )
+
+    def record_finished(
+        self,
+        env: str,
+        key: str,
+        *,
+        previous: str,
+        status: str,
+        cost_estimate: Decimal | None,
+        cost_actual: Decimal | None,
+        error: str | None,
+        urls: Sequence[str],
+        polls: int,
+        latency: tuple[str, float] | None,
+        run_id: int | None,
+        task_id: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        stamp = now()
+        task = {"env": env, "key": key}
+        detail: dict[str, Any] = {"cost_actual": _money(cost_actual)}
+        if task_id is not None:
+            detail["task_id"] = task_id
+        if error:
+            detail["error"] = error
+        if urls:
+            detail["outputs"] = len(urls)
+        with self.transaction() as db:
+            for idx, url in enumerate(urls):
+                db.execute(Q["record_output_url"], {**task, "idx": idx, "url": url})
+            if latency is not None:
+                seconds = {"latency_class": latency[0], "seconds": latency[1]}
+                db.execute(Q["record_latency"], {"env": env, **seconds, "observed_at": stamp})
+            self._transition(
+                db,
+                "record_finished",
+                {
+                    **task,
+                    "status": status,
+                    "task_id": task_id,
+                    "request_id": request_id,
+                    "cost_estimate": _money(cost_estimate),
+                    "cost_actual": _money(cost_actual),
+                    "error": error,
+                    "polls": polls,
+                    "stamp": stamp,
+                },
+                previous=previous,
+                status=status,
+                run_id=run_id,
+                detail=detail,
+            )
+
+    def record_rejected(
+        self, env: str, key: str, *, error: str, http_status: int | None, run_id: int | None
+    ) -> None:
+        with self.transaction() as db:
+            self._transition(
+                db,
+                "record_rejected",
+                {"env": env, "key": key, "error": error, "stamp": now()},
+                previous="submitting",
+                status="rejected",
+                run_id=run_id,
+                detail={"error": error, "http_status": http_status},
+            )
+
+    def record_refused_resend(
+        self,
+        env: str,
+        key: str,
+        *,
+        error: str,
+        http_status: int | None,
+        estimate: Decimal,
+        run_id: int | None,
+    ) -> None:
+        values = {"env": env, "key": key, "error": error, "estimate": _money(estimate)}
+        with self.transaction() as db:
+            self._transition(
+                db,
+                "record_refused_resend",
+                {**values, "stamp": now()},
+                previous="submitting",
+                status="failed",
+                run_id=run_id,
+                detail={
+                    "error": error,
+                    "http_status": http_status,
+                    "maybe_sent": True,
+                    "cost_estimate_local": _money(estimate),
+                },
+            )
+
+    def record_server_events(self, env: str, key: str, server_events: Any) -> None:
+        with self.transaction() as db:
+            db.execute(
+                Q["record_server_events"],
+                {"env": env, "key": key, "server_events": _json(server_events), "stamp": now()},
+            )
+
+    # -- outputs
+
+    def record_output_url(self, env: str, key: str, idx: int, url: str) -> None:
+        with self.transaction() as db:
+            db.execute(Q["record_output_url"], {"env": env, "key": key, "idx": idx, "url": url})
+
+    def record_download(  # noqa: PLR0917 - the downloader calls it positionally
+        self,
+        env: str,
+        key: str,
+        idx: int,
+        path: str,
+        sha256: str,
+        size: int,
+        file_stat: str | None = None,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                Q["record_download"],
+                {
+                    "env": env,
+                    "key": key,
+                    "idx": idx,
+                    "path": path,
+                    "sha256": sha256,
+                    "bytes": size,
+                    "file_stat": file_stat,
+                    "stamp": now(),
+                },
+            )
+
+    def record_verified(self, env: str, key: str, idx: int, file_stat: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                Q["record_verified"],
+                {"env": env, "key": key, "idx": idx, "file_stat": file_stat, "stamp": now()},
+            )
+
+    def outputs(self, env: str, key: str) -> list[Output]:
+        return [Output(**r) for r in self.db.query(Q["outputs"], {"env": env, "key": key})]
+
+    def undownloaded(self, env: str, manifest: str) -> set[str]:
+        return {
+            r["key"] for r in self.db.query(Q["undownloaded"], {"env": env, "manifest": manifest})
+        }
+
+    # -- what the server taught us
+
+    def record_learned_rate(self, env: str, price_class: str, usd_per_second: Decimal) -> None:
+        with self.transaction() as db:
+            db.execute(
+                Q["record_learned_rate"],
+                {
+                    "env": env,
+                    "price_class": price_class,
+                    "usd_per_second": str(usd_per_second),
+                    "learned_at": now(),
+                },
+            )
+
+    def learned_rates(self, env: str) -> dict[str, Decimal]:
+        return {
+            r["price_class"]: Decimal(r["usd_per_second"])
+            for r in self.db.query(Q["learned_rates"], {"env": env})
+        }
+
+    def latencies(self, env: str, limit_per_class: int = 200) -> dict[str, list[float]]:
+        found: dict[str, list[float]] = {}
+        for row in self.db.query(Q["latencies"], {"env": env, "limit_per_class": limit_per_class}):
+            found.setdefault(row["latency_class"], []).append(row["seconds"])
+        return found
