@@ -22,7 +22,8 @@ from run_helpers import (
 from sim_helpers import running_sim
 
 from mvbatch.errors import BudgetError
-from mvbatch.run.executor import Executor, check_budget, preflight
+from mvbatch.run.budget import check_budget, preflight
+from mvbatch.run.executor import Executor
 
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}  # kling-v2-6 pro: undocumented, 0.058 real
 PRO_CLASS = 'kling-v2-6 {"audio":false,"mode":"pro"}'
@@ -99,7 +100,7 @@ async def test_a_wrong_learned_rate_cannot_push_a_concurrent_run_over_the_cap(
     # naive run would commit 8 x 0.058 = 0.464 before noticing.
     state = tmp_path / "state"
     with prepare_ledger(state, planned(write_manifest(tmp_path, "t", shots(1)), state)) as seed:
-        seed.learn_rate("sim", PRO_CLASS, Decimal("0.005"))
+        seed.record_learned_rate("sim", PRO_CLASS, Decimal("0.005"))
     plan = planned(write_manifest(tmp_path, "t", shots(10, input=PRO)), state)
     assert {t.estimate.cost for t in plan.tasks} == {Decimal("0.025")}
     cap = Decimal("0.3")
@@ -114,7 +115,7 @@ async def test_a_wrong_learned_rate_cannot_push_a_concurrent_run_over_the_cap(
     assert Decimal(str(stats["billing"]["net"])) <= cap
     assert result.committed <= cap
     assert result.held == 9
-    assert ledger.rates("sim")[PRO_CLASS] == Decimal("0.0116")  # corrected
+    assert ledger.learned_rates("sim")[PRO_CLASS] == Decimal("0.0116")  # corrected
 
 
 @pytest.mark.anyio

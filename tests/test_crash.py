@@ -7,10 +7,15 @@ start-up, planning, submission, polling or downloads). Then it runs to the
 end. The simulator's billing must show every key charged exactly once, the
 ledger must hold every task as succeeded with its outputs, and SQLite must
 find the file intact.
+
+The named points live in the tests, not in mvbatch: `crashpoints/` is put
+first on the crashing process's PYTHONPATH, and its `sitecustomize.py` wraps
+the method that passes the point (see there).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sqlite3
@@ -21,10 +26,24 @@ import pytest
 from run_helpers import charges_by_key, cli, cli_env, cli_popen, shots, sim_stats, write_manifest
 from sim_helpers import running_sim
 
-from mvbatch.ledger.store import FILE_NAME, Ledger
+from mvbatch.ledger import open_ledger
+from mvbatch.ledger.connection import FILE_NAME
 
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}
 SEED = 20260101
+CRASHPOINTS = Path(__file__).resolve().parent / "crashpoints"
+
+
+def crashing_at(point: str, env: dict[str, str]) -> dict[str, str]:
+    """`env` for a run that SIGKILLs itself at `point` (crashpoints/sitecustomize.py)."""
+    path = os.pathsep.join([str(CRASHPOINTS), env["PYTHONPATH"]])
+    return {**env, "MVBATCH_CRASH_AT": point, "PYTHONPATH": path}
+
+
+def unanswered(state_dir: Path) -> list[str]:
+    """Submit keys of the tasks whose intent the ledger holds without an answer."""
+    with open_ledger(state_dir) as ledger:
+        return [r.submit_key for r in ledger.tasks("live", "crash") if r.status == "submitting"]
 
 
 @pytest.mark.slow
@@ -39,9 +58,16 @@ def test_kill_9_at_any_instant_loses_nothing_and_charges_nothing_twice(tmp_path:
         env = cli_env(tmp_path, base)
         # Named instants: the process SIGKILLs itself there.
         for point in ("after_post:1", "after_intent:2", "after_post:3", "after_post:2"):
-            crashed = cli(args, {**env, "MVBATCH_TEST_CRASH_POINT": point}, tmp_path)
+            crashed = cli(args, crashing_at(point, env), tmp_path)
             assert crashed.returncode == -signal.SIGKILL, (point, crashed.stderr)
             kills += 1
+            # Killed with an intent committed and no answer recorded; after a
+            # POST, the server had already charged that key.
+            pending = unanswered(tmp_path / "state")
+            assert pending, point
+            if point.startswith("after_post"):
+                charged = charges_by_key(sim_stats(base))
+                assert any(charged.get(key) for key in pending), (point, pending)
         # Random instants, from start-up to downloads: a kill counts only if
         # the run was still going.
         for attempt in range(30):
@@ -66,7 +92,7 @@ def test_kill_9_at_any_instant_loses_nothing_and_charges_nothing_twice(tmp_path:
 
     charges = charges_by_key(stats)
     assert set(charges.values()) == {1}, {k: v for k, v in charges.items() if v != 1}
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         rows = ledger.tasks("live", "crash")
         assert len(rows) == 26
         assert {r.status for r in rows} == {"succeeded"}

@@ -24,14 +24,18 @@ from run_helpers import (
 )
 from structlog.testing import capture_logs
 
-from mvbatch.api.client import ApiClient, RetryPolicy
-from mvbatch.errors import AuthError
-from mvbatch.ledger.store import Ledger, TaskRow
+from mvbatch.api.client import ApiClient
+from mvbatch.api.retry import Backoff
+from mvbatch.errors import AuthError, FileChangedError, UsageError
+from mvbatch.ledger import Ledger, TaskRow, open_ledger
 from mvbatch.plan.keys import retry_key
 from mvbatch.plan.planner import Plan, PlannedTask
-from mvbatch.run import executor as executor_module
-from mvbatch.run.executor import AdaptiveLimit, Executor, RunResult, effective_cap, preflight
+from mvbatch.run import follow
+from mvbatch.run.budget import effective_cap, preflight
+from mvbatch.run.concurrency import AdaptiveLimit
+from mvbatch.run.executor import Executor
 from mvbatch.run.polling import LatencyBook, latency_class
+from mvbatch.run.results import RunResult
 
 pytestmark = pytest.mark.anyio
 
@@ -65,12 +69,11 @@ AsyncHandler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 
 
 def scripted(handler: AsyncHandler | Callable[[httpx.Request], httpx.Response]) -> ApiClient:
-    policy, _ = RetryPolicy.for_tests()
     http = httpx.AsyncClient(
         transport=httpx.MockTransport(handler),  # type: ignore[arg-type]
         base_url="https://api.test/api/v1/",
     )
-    return ApiClient(http, policy)
+    return ApiClient(http)
 
 
 def task_body(
@@ -188,8 +191,8 @@ async def test_a_task_in_flight_is_polled_and_never_posted_again(tmp_path: Path)
 async def test_a_task_the_api_no_longer_knows_is_failed_not_resubmitted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executor_module, "NOT_FOUND_SPAN", 0.3)
-    monkeypatch.setattr(executor_module, "NOT_FOUND_BACKOFF", (0.02, 0.1))
+    monkeypatch.setattr(follow, "NOT_FOUND_SPAN", 0.3)
+    monkeypatch.setattr(follow, "NOT_FOUND_BACKOFF", Backoff(base=0.02, cap=0.1))
     plan = plan_of(tmp_path, 1)
     ledger = prepare_ledger(tmp_path / "state", plan)
     key = plan.tasks[0].key
@@ -453,11 +456,33 @@ async def test_an_auth_error_stops_the_run_and_keeps_the_intent(tmp_path: Path) 
     sim = InProcessSim(speed=0)
     with pytest.raises(AuthError):
         await run(tmp_path, plan, sim.api(key="bad-key"))
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         statuses = sorted(r.status for r in ledger.tasks("sim", "t"))
     assert statuses.count("planned") >= 1
     assert "succeeded" not in statuses
     assert (await sim.stats())["billing"]["charges"] == 0
+
+
+async def test_a_local_file_changed_since_the_plan_stops_the_run_before_its_intent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plan = plan_of(tmp_path, 3)
+    changed = FileChangedError("ref.jpg")
+
+    def payload(self: PlannedTask) -> dict[str, Any]:
+        raise changed
+
+    monkeypatch.setattr(PlannedTask, "payload", payload)
+    sim = InProcessSim(speed=0)
+    with pytest.raises(UsageError) as raised:
+        await run(tmp_path, plan, sim.api())
+    assert raised.value.message == (
+        "ref.jpg changed since it was planned; plan again: nothing more was submitted"
+    )
+    assert raised.value.hint == "run `mvbatch plan` again, then `mvbatch run`"
+    with open_ledger(tmp_path / "state") as ledger:
+        assert {r.status for r in ledger.tasks("sim", "t")} == {"planned"}  # no intent either
+    assert (await sim.stats())["requests"] == {}
 
 
 # ------------------------------------------------------------------ order and concurrency
@@ -485,7 +510,9 @@ async def test_the_first_post_of_each_price_class_goes_alone(tmp_path: Path) -> 
         first_key = mine[0][1]
         assert mine[1] == ("end", first_key)  # nothing else of the class before it answered
     # The assumed pro rate was replaced by the one the server taught.
-    assert ledger.rates("sim") == {'kling-v2-6 {"audio":false,"mode":"pro"}': Decimal("0.0116")}
+    assert ledger.learned_rates("sim") == {
+        'kling-v2-6 {"audio":false,"mode":"pro"}': Decimal("0.0116")
+    }
 
 
 async def test_no_more_tasks_in_flight_than_the_concurrency(tmp_path: Path) -> None:
@@ -718,7 +745,9 @@ async def test_a_probe_without_a_price_holds_its_class_until_it_ends(tmp_path: P
     )
     assert result.counts == {"succeeded": 3}
     assert events[:2] == ["post", "done"]  # the others waited for the probe to end
-    assert ledger.rates("sim") == {'kling-v2-6 {"audio":false,"mode":"pro"}': Decimal("0.0116")}
+    assert ledger.learned_rates("sim") == {
+        'kling-v2-6 {"audio":false,"mode":"pro"}': Decimal("0.0116")
+    }
 
 
 async def test_tasks_dropped_from_the_manifest_are_followed_or_reported(tmp_path: Path) -> None:

@@ -3,8 +3,9 @@
 Owns: the latency history per latency class (model, tier and length, e.g.
 `kling-v2-6 {"audio":false,"mode":"std"} 5s`), and turning it into a schedule
 of poll times that asks few questions yet notices a finished task soon. It
-must not do I/O: the executor feeds it observations (from the ledger across
-runs, and from this run as tasks finish) and asks it for the next poll time.
+must not do I/O: the run feeds it observations (from the ledger across runs;
+`follow.Follower` and `finish.Finisher` as tasks run and finish) and the
+follower asks it for the next poll time.
 
 The schedule minimises, for a task of the class,
 
@@ -111,12 +112,6 @@ class LatencyBook:
         entry = self._entry(name)
         entry.alive[task] = elapsed
         entry.sightings += 1
-
-    def forget(self, name: str, task: str) -> None:
-        """A task left without a latency (rejected, or the run stopped)."""
-        entry = self._entry(name)
-        entry.alive.pop(task, None)
-        entry.scouts.discard(task)
 
     def median(self, name: str) -> float | None:
         entry = self._classes.get(name)
