@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from mvbatch.ledger.store import Ledger, TaskRow
+from mvbatch.ledger import Ledger, TaskRow
 
 
 def task_row(

@@ -26,19 +26,17 @@ from report_helpers import add_task, task_row
 from rich.console import Console, RenderableType
 from run_helpers import invoke, shots, write_manifest
 
-from mvbatch.ledger.store import STATUSES, Ledger
-from mvbatch.report.model import (
-    Report,
-    TaskEntry,
-    build_report,
-    csv_text,
-    markdown_text,
-    write_report,
-)
-from mvbatch.run.executor import Preflight, RunResult
+from mvbatch.commands.planning import build_plan
+from mvbatch.commands.status import status_document
+from mvbatch.ledger import STATUSES, Ledger, open_ledger
+from mvbatch.report.build import build_report
+from mvbatch.report.command import write_report
+from mvbatch.report.formats import csv_text, markdown_text
+from mvbatch.report.model import Report, TaskEntry
+from mvbatch.run.budget import Preflight
+from mvbatch.run.results import RunResult
 from mvbatch.settings import Settings
 from mvbatch.ui import progress, render
-from mvbatch.workflow import build_plan, status_document
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "jobs" / "demo.toml"
@@ -68,15 +66,15 @@ def test_the_plan_header_shows_the_cap_that_holds_and_where_it_came_from(
     settings: Settings, tmp_path: Path
 ) -> None:
     plan = build_plan(DEMO, settings, "sim")  # [budget] max_usd = 2.00
-    assert "cap $2.0000 (the manifest's [budget] max_usd)" in text_of(render.plan_view(plan, {}))
+    assert "cap $2.00 (the manifest's [budget] max_usd)" in text_of(render.plan_view(plan, {}))
     lowered = text_of(render.plan_view(plan, {}, max_cost=Decimal("0.5")))
-    assert "cap $0.5000 (--max-cost; the manifest's [budget] max_usd is $2.0000)" in lowered
+    assert "cap $0.50 (--max-cost; the manifest's [budget] max_usd is $2.00)" in lowered
     higher = text_of(render.plan_view(plan, {}, max_cost=Decimal(5)))
-    assert "cap $2.0000 (the manifest's [budget] max_usd; --max-cost $5.0000 is higher)" in higher
+    assert "cap $2.00 (the manifest's [budget] max_usd; --max-cost $5.00 is higher)" in higher
     uncapped = build_plan(write_manifest(tmp_path, "free", shots(1)), settings, "sim")
     assert "no cap (set [budget] max_usd" in text_of(render.plan_view(uncapped, {}))
     only_flag = text_of(render.plan_view(uncapped, {}, max_cost=Decimal("0.5")))
-    assert "cap $0.5000 (--max-cost)" in only_flag
+    assert "cap $0.50 (--max-cost)" in only_flag
     assert "budget: $" not in text_of(render.plan_view(plan, {}))
 
 
@@ -111,8 +109,8 @@ def preflight(**values: Any) -> Preflight:
 
 def test_the_preflight_explains_committed_projected_and_at_least() -> None:
     text = text_of(progress.preflight_view(preflight(), simulated=False))
-    assert "committed so far $0.0000 (" in text  # named where it first appears
-    assert "projected $0.9600 (" in text
+    assert "committed so far $0.00 (" in text  # named where it first appears
+    assert "projected $0.96 (" in text
     # The budget refusal that follows says "at least $0.8839": say here what that is.
     assert "at least $0.8839" in text
     assert "one task of each assumed-price tier" in text
@@ -270,7 +268,7 @@ def test_status_counts_tasks_added_to_the_manifest_since_the_last_run(
 
 
 def failures_ledger(settings: Settings, name: str = "demo") -> Ledger:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     ledger.start_run("sim", name, "http://sim", None)
     add_task(ledger, "sim", task_row("mvb1-" + "a" * 32, "a", manifest=name))
     add_task(

@@ -22,20 +22,17 @@ import pytest
 from report_helpers import add_task, sha256, task_row, video_bytes
 
 from mvbatch import logs
-from mvbatch.downloads.fetch import Downloader, report_folder
-from mvbatch.ledger.store import Ledger
+from mvbatch.commands.planning import build_plan, planned_rows
+from mvbatch.commands.reporting import report_manifest
+from mvbatch.downloads.fetch import Downloader
+from mvbatch.downloads.naming import report_folder
+from mvbatch.ledger import Ledger, open_ledger
+from mvbatch.money import duration, usd
 from mvbatch.plan.planner import Plan
-from mvbatch.report.model import (
-    ReportResult,
-    build_report,
-    md_cell,
-    report_command,
-    seconds_text,
-    usd,
-    write_report,
-)
+from mvbatch.report.build import build_report
+from mvbatch.report.command import ReportResult, finish_run, write_report
+from mvbatch.report.formats import md_cell
 from mvbatch.settings import Settings
-from mvbatch.workflow import build_plan, planned_rows
 
 DEMO = """
 name = "demo"
@@ -104,7 +101,7 @@ def url(n: int) -> str:
 
 def mixed_ledger(settings: Settings, plan: Plan, env: str = "sim") -> Ledger:
     """car-rain: 2 succeeded (one over its estimate), 1 failed; dog-beach: 1 running, 1 new."""
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     ledger.start_run(env, plan.name, "http://api.test", None)
     rows = planned_rows(plan)
     assert [r["shot"] for r in rows] == ["car-rain"] * 3 + ["dog-beach"] * 2
@@ -188,7 +185,7 @@ def test_report_json_follows_the_contract(settings: Settings, plan: Plan) -> Non
 
 
 def test_money_is_exact_json_numbers(settings: Settings, plan: Plan) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     rows = [task_row(f"mvb1-{n:032d}", "shot", {"n": n}, estimate="0.1") for n in range(3)]
     for row in rows:
         add_task(ledger, "live", row, cost_actual="0.1")
@@ -201,7 +198,7 @@ def test_money_is_exact_json_numbers(settings: Settings, plan: Plan) -> None:
 
 
 def test_live_tasks_are_not_simulated_and_envs_do_not_mix(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     add_task(ledger, "live", task_row("mvb1-" + "1" * 32, "a"))
     add_task(ledger, "sim", task_row("mvb1-" + "2" * 32, "b"))
     write_report(settings, ledger, "demo", "live")
@@ -247,7 +244,7 @@ def test_cost_by_model_tier_and_shot_and_the_variance(settings: Settings, plan: 
 
 
 def test_failures_are_grouped_by_the_servers_message(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     for n, (shot, error) in enumerate(
         [("a", "Content flagged"), ("b", "Content flagged"), ("c", "GPU exploded")]
     ):
@@ -288,7 +285,7 @@ def test_failures_are_grouped_by_the_servers_message(settings: Settings) -> None
 
 
 def test_time_per_task_is_reported(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     row = add_task(ledger, "sim", task_row("mvb1-" + "t" * 32, "a"))
     write_report(settings, ledger, "demo", "sim")
     [task] = read_json(settings)["tasks"]
@@ -300,7 +297,7 @@ def test_time_per_task_is_reported(settings: Settings) -> None:
 
 
 def test_csv_has_one_row_per_task_and_neutralises_formulas(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     add_task(
         ledger,
         "sim",
@@ -335,7 +332,7 @@ class Tags(HTMLParser):
 
 
 def test_prompts_and_messages_are_escaped_everywhere(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     add_task(
         ledger,
         "sim",
@@ -381,7 +378,7 @@ def test_prompts_and_messages_are_escaped_everywhere(settings: Settings) -> None
 def test_the_api_key_never_reaches_a_report(settings: Settings) -> None:
     secret = "mv_live_this_is_a_very_secret_key_42"
     logs.register_secret(secret)
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     # A server that echoes the key back in an error message must not put it on disk.
     add_task(
         ledger, "live", task_row("mvb1-" + "k" * 32, "a"), "failed", error=f"invalid token {secret}"
@@ -405,7 +402,7 @@ def test_reports_are_replaced_atomically_and_leave_no_temp_files(
 
 
 def test_a_hostile_manifest_name_stays_inside_the_output_dir(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     add_task(ledger, "sim", task_row("mvb1-" + "n" * 32, "a", manifest="../../escape"))
     result = write_report(settings, ledger, "../../escape", "sim")
     assert result.folder.resolve().is_relative_to(settings.output_dir.resolve())
@@ -430,15 +427,15 @@ def test_usd(value: Decimal | None, text: str) -> None:
 
 
 def test_seconds_and_md_cell() -> None:
-    assert seconds_text(5) == "5 s"
-    assert seconds_text(4.25) == "4.2 s"
-    assert seconds_text(42.5) == "42 s"
-    assert seconds_text(125) == "2 min 05 s"
+    assert duration(5) == "5 s"
+    assert duration(4.25) == "4.2 s"
+    assert duration(42.5) == "42 s"
+    assert duration(125) == "2 min 05 s"
     assert md_cell("a|b\nc `d`") == "a\\|b c \\`d\\`"
 
 
 def test_build_report_without_a_plan_orders_shots_as_met(settings: Settings) -> None:
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     for n, shot in enumerate(["b", "a", "b"]):
         add_task(ledger, "sim", task_row(f"mvb1-{n:032d}", shot))
     rows = ledger.tasks("sim", "demo")
@@ -456,7 +453,7 @@ def test_report_command_downloads_from_the_simulator_and_is_idempotent(
     monkeypatch.setenv("MVBATCH_STATE_DIR", str(settings.state_dir))
     monkeypatch.setenv("MVBATCH_OUTPUT_DIR", str(settings.output_dir))
     run_on_simulator(settings, plan)
-    result = report_command(settings, manifest, download=True)
+    result = report_manifest(manifest, settings, download=True)
     assert result.complete
     assert result.downloads is not None
     assert result.downloads.downloaded == 5
@@ -468,27 +465,27 @@ def test_report_command_downloads_from_the_simulator_and_is_idempotent(
         data = (result.folder / output["path"]).read_bytes()
         assert data[4:8] == b"ftyp"
         assert output["sha256"] == sha256(data)
-    again = report_command(settings, manifest, download=True)
+    again = report_manifest(manifest, settings, download=True)
     assert again.downloads is not None
     assert (again.downloads.downloaded, again.downloads.kept) == (0, 5)
-    offline = report_command(settings, manifest, download=False)
+    offline = report_manifest(manifest, settings, download=False)
     assert offline.downloads is None
     assert offline.complete
 
 
 def run_on_simulator(settings: Settings, plan: Plan) -> None:
     """What `mvbatch run --no-download` leaves behind, through the real executor."""
-    from mvbatch.api.client import ApiClient, RetryPolicy
+    from mvbatch.api.client import ApiClient
     from mvbatch.api.endpoint import choose
     from mvbatch.run.executor import Executor
 
     endpoint = choose(settings, simulate=True, sim_speed=0)
 
     async def go() -> None:
-        with Ledger(settings.state_dir) as ledger:
+        with open_ledger(settings.state_dir) as ledger:
             run_id = ledger.start_run("sim", plan.name, endpoint.base_url, None)
             ledger.ensure_tasks("sim", planned_rows(plan))
-            async with ApiClient(endpoint.api_client(), RetryPolicy.for_tests()[0]) as client:
+            async with ApiClient(endpoint.api_client()) as client:
                 await Executor(plan, ledger, client, env="sim", cap=None, run_id=run_id).run()
 
     asyncio.run(go())
@@ -496,19 +493,18 @@ def run_on_simulator(settings: Settings, plan: Plan) -> None:
 
 def test_a_run_downloads_as_tasks_succeed_then_reports(settings: Settings, plan: Plan) -> None:
     """The wiring of `mvbatch run`: the executor's hook, then `finish_run`."""
-    from mvbatch.api.client import ApiClient, RetryPolicy
+    from mvbatch.api.client import ApiClient
     from mvbatch.api.endpoint import choose
-    from mvbatch.report.model import finish_run
     from mvbatch.run.executor import Executor
 
     endpoint = choose(settings, simulate=True, sim_speed=0)
 
     async def go() -> ReportResult:
-        with Ledger(settings.state_dir) as ledger:
+        with open_ledger(settings.state_dir) as ledger:
             run_id = ledger.start_run("sim", plan.name, endpoint.base_url, None)
             ledger.ensure_tasks("sim", planned_rows(plan))
             async with (
-                ApiClient(endpoint.api_client(), RetryPolicy.for_tests()[0]) as client,
+                ApiClient(endpoint.api_client()) as client,
                 endpoint.files_client() as files,
             ):
                 downloader = Downloader(

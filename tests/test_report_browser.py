@@ -21,11 +21,11 @@ import httpx
 import pytest
 from report_helpers import add_task, video_bytes
 
+from mvbatch.commands.planning import build_plan, planned_rows
 from mvbatch.downloads.fetch import Downloader
-from mvbatch.ledger.store import Ledger
-from mvbatch.report.model import ReportResult, write_report
+from mvbatch.ledger import open_ledger
+from mvbatch.report.command import ReportResult, write_report
 from mvbatch.settings import Settings
-from mvbatch.workflow import build_plan, planned_rows
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -72,7 +72,7 @@ def build_sheet(tmp_path: Path) -> tuple[ReportResult, int]:
     manifest = tmp_path / "sheet.toml"
     manifest.write_text(MANIFEST, encoding="utf-8")
     plan = build_plan(manifest, settings, "sim")
-    ledger = Ledger(settings.state_dir)
+    ledger = open_ledger(settings.state_dir)
     ledger.start_run("sim", plan.name, "http://sim", None)
     rows = planned_rows(plan)
     succeeded = 0

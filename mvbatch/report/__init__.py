@@ -1,1 +1,11 @@
-"""report"""
+"""The report stage: what a manifest's tasks became, as report.json/csv/md/html.
+
+Read in this order: `model` (the report as data and report.json's document),
+`build` (from the ledger's rows and the plan), `formats` (JSON, CSV and
+Markdown text; atomic writes), `html` (the contact sheet), `command` (fetch
+what is missing, write the files: `report_command`, `finish_run`). Inside,
+arrows point the same way: command → html → formats → model, build → model.
+
+May import the stages before it (plan, ledger, api, run, downloads), never
+`mvbatch.commands` or `mvbatch.cli`, which call into it.
+"""

@@ -25,9 +25,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-from mvbatch.downloads.fetch import value_text
-from mvbatch.report.model import Report, TaskEntry, templates
-from mvbatch.ui.render import usd
+from mvbatch.downloads.naming import value_text
+from mvbatch.money import usd
+from mvbatch.report.formats import templates
+from mvbatch.report.model import Report, TaskEntry
 
 # Below this share of filled cells, one shared column header would leave the
 # page mostly empty (shots with unrelated matrices): each shot gets its own

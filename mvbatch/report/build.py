@@ -1,0 +1,150 @@
+"""Building a `Report` from what the ledger recorded and what the plan asks for.
+
+Owns: `build_report`: every task of the plan (a task never submitted as the
+plan says of it now), then the ledger's tasks from earlier versions of the
+manifest; shots in manifest order; each shot's prompt; each video's length,
+read from its own MP4 header; and why this run could not fetch an output.
+
+Must not: write to the ledger or the output folder, reach the network, or
+format anything (`formats.py`, `html.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mvbatch.downloads.fetch import DownloadStats, Fetched
+from mvbatch.downloads.naming import variant_pairs
+from mvbatch.ledger import Output, TaskRow
+from mvbatch.plan import mp4
+from mvbatch.plan.planner import Plan, PlannedTask
+from mvbatch.report.model import OutputEntry, Report, TaskEntry
+
+
+def build_report(
+    name: str,
+    env: str,
+    rows: Sequence[TaskRow],
+    outputs: Mapping[str, Sequence[Output]],
+    folder: Path,
+    *,
+    plan: Plan | None = None,
+    fetched: Iterable[Fetched] = (),
+    downloads: DownloadStats | None = None,
+) -> Report:
+    """The report of one manifest from its ledger rows and (optionally) its plan.
+
+    Tasks come in plan order (shots as in the manifest, then variants and
+    takes), then tasks the ledger has from earlier versions of the manifest.
+    """
+    failed_now = {(f.key, f.idx): f.error for f in fetched if not f.ok and f.error}
+    by_key = {row.key: row for row in rows}
+    entries: list[TaskEntry] = []
+    for task in plan.tasks if plan is not None else ():
+        row = by_key.pop(task.key, None)
+        # A task never submitted is what the plan says of it now (its estimate
+        # may use a rate learned since the ledger first saw it).
+        entries.append(
+            _from_row(row, outputs, folder, failed_now)
+            if row is not None and row.status != "planned"
+            else _from_plan(task)
+        )
+    entries.extend(
+        _from_row(row, outputs, folder, failed_now, in_plan=plan is None) for row in by_key.values()
+    )
+    shot_order = list(
+        dict.fromkeys([s.id for s in plan.manifest.manifest.shots] if plan is not None else [])
+    )
+    shot_order = list(dict.fromkeys([*shot_order, *(e.shot for e in entries)]))
+    rank = {shot: n for n, shot in enumerate(shot_order)}
+    entries.sort(key=lambda e: rank[e.shot])  # stable: plan order within a shot
+    prompts: dict[str, str] = {}
+    if plan is not None:
+        for shot in plan.manifest.manifest.shots:
+            text = shot.prompt or shot.input.get("prompt") or plan.manifest.manifest.defaults.prompt
+            if isinstance(text, str):
+                prompts[shot.id] = text
+    for entry in entries:
+        prompt = entry.input.get("prompt")
+        if entry.shot not in prompts and isinstance(prompt, str):
+            prompts[entry.shot] = prompt
+    return Report(
+        name,
+        env,
+        tuple(entries),
+        tuple(shot_order),
+        prompts,
+        datetime.now(UTC).isoformat(timespec="seconds"),
+        downloads,
+        plan.max_usd if plan is not None else None,
+    )
+
+
+def _from_plan(task: PlannedTask) -> TaskEntry:
+    return TaskEntry(
+        task.key,
+        task.shot,
+        tuple(task.shots),
+        tuple(task.variant),
+        task.take,
+        task.model,
+        task.public_input(),
+        "planned",
+        task.estimate.cost,
+        task.estimate.price_class,
+        task.estimate.source,
+        task.estimate.upper_bound,
+        billed_seconds=task.estimate.seconds,
+    )
+
+
+def _from_row(
+    row: TaskRow,
+    outputs: Mapping[str, Sequence[Output]],
+    folder: Path,
+    failed_now: Mapping[tuple[str, int], str | None],
+    *,
+    in_plan: bool = True,
+) -> TaskEntry:
+    entries = []
+    for output in outputs.get(row.key, ()):
+        seconds = None
+        if output.path:
+            seconds = mp4.local_duration(folder / output.path)
+        entries.append(
+            OutputEntry(
+                output.idx,
+                output.url,
+                output.path,
+                output.sha256,
+                output.bytes,
+                seconds,
+                None if output.path else failed_now.get((row.key, output.idx)),
+            )
+        )
+    return TaskEntry(
+        row.key,
+        row.shot,
+        tuple(row.shots),
+        tuple(variant_pairs(row.variant)),
+        row.take,
+        row.model,
+        row.input,
+        row.status,
+        row.estimate_local,
+        row.price_class,
+        row.estimate_source,
+        row.upper_bound,
+        row.task_id,
+        row.cost_estimate,
+        row.cost_actual,
+        row.error,
+        row.submitted_at,
+        row.finished_at,
+        row.seconds,
+        tuple(entries),
+        in_plan,
+        row.cost_prior,
+    )

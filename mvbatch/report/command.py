@@ -1,0 +1,211 @@
+"""Writing the reports of a manifest: fetch what is missing, then write the four files.
+
+Owns: the two ways a report gets written: `finish_run` (the end of `mvbatch
+run`: the downloads catch up, then the reports) and `report_command` (`mvbatch
+report`: verify or fetch the videos through the downloader, then the
+reports); writing report.json, report.csv, report.md and report.html into
+`MVBATCH_OUTPUT_DIR/<name>/` next to the videos, secrets redacted
+(`write_report`); and `ReportResult`, what the CLI says afterwards.
+
+Must not: print (the CLI does), change a task (it only reads the ledger, and
+the downloader records files), choose the manifest's plan or ledger side (the
+caller, `commands.reporting.report_manifest`, passes them in), or write the API key
+anywhere: nothing here receives it except through `Endpoint`, whose API
+client it hands to the downloader for URL refreshes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mvbatch import logs
+from mvbatch.api.client import ApiClient
+from mvbatch.api.endpoint import Endpoint, choose
+from mvbatch.downloads.fetch import Downloader, DownloadStats, Fetched
+from mvbatch.downloads.naming import report_folder
+from mvbatch.ledger import Ledger, TaskRow
+from mvbatch.money import usd
+from mvbatch.plan.planner import Plan
+from mvbatch.report.build import build_report
+from mvbatch.report.formats import csv_text, json_text, markdown_text, percent_text, write_atomic
+from mvbatch.report.html import contact_sheet
+from mvbatch.report.model import Report
+from mvbatch.settings import Settings
+
+FILES = {"json": "report.json", "csv": "report.csv", "md": "report.md", "html": "report.html"}
+
+log = logs.get("mvbatch.report.command")
+
+
+def write_reports(report: Report, folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "json": json_text(report),
+        "csv": csv_text(report),
+        "md": markdown_text(report),
+        "html": contact_sheet(report, folder),
+    }
+    written = {}
+    for kind, text in texts.items():
+        path = folder / FILES[kind]
+        write_atomic(path, logs.redact_text(text))
+        written[kind] = path
+    return written
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What the CLI shows after a report: where the files are and how it went."""
+
+    report: Report
+    folder: Path
+    files: dict[str, Path]
+    downloads: DownloadStats | None = None
+    fetched: list[Fetched] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.report.complete
+
+    def summary(self) -> list[str]:
+        """A few lines for a person: counts, money, downloads, where the sheet is."""
+        r = self.report
+        counts = r.counts
+        failures = r.failures_by_charge
+        failed = ", ".join(f"{g['tasks']} {g['text']}" for g in failures) or "0 failed"
+        lines = [
+            f"{r.manifest}{' (simulated: no money was spent)' if r.simulated else ''}: "
+            f"{len(r.tasks)} tasks, {counts.get('succeeded', 0)} succeeded, {failed}, "
+            f"{counts.get('pending', 0)} pending",
+            f"cost: {usd(r.cost_actual)} charged (the server's cost_actual), "
+            f"{usd(r.cost_estimate)} estimated (the server's estimate for submitted tasks, "
+            "the plan's for the rest)"
+            + (
+                f"; the plan alone estimated {usd(r.cost_estimate_plan)}"
+                if r.cost_estimate_plan != r.cost_estimate
+                else ""
+            ),
+        ]
+        variance = r.variance
+        if variance.tasks and variance.difference != 0:
+            lines.append(
+                f"variance: {usd(variance.difference)} ({percent_text(variance.percent)})"
+                f" on {len(variance.off)} of {variance.tasks} finished tasks (charged against "
+                "the plan's estimate)"
+            )
+        downloads = r.download_totals
+        lines.append(
+            f"videos: {downloads['downloaded']} of {downloads['outputs']} on disk"
+            + (f", {downloads['missing']} missing" if downloads["missing"] else "")
+        )
+        if self.downloads is not None and self.downloads.failed:
+            first = self.downloads.errors[0]
+            lines.append(f"downloads failed: {self.downloads.failed} (first: {first.error})")
+        lines.append(f"contact sheet: {self.files['html']}")
+        return lines
+
+
+def report_folder_of(settings: Settings, name: str) -> Path:
+    return report_folder(settings.output_dir, name)
+
+
+def write_report(
+    settings: Settings,
+    ledger: Ledger,
+    name: str,
+    env: str,
+    *,
+    plan: Plan | None = None,
+    fetched: Sequence[Fetched] = (),
+    downloads: DownloadStats | None = None,
+) -> ReportResult:
+    """Read the ledger and write the four report files; no network."""
+    folder = report_folder_of(settings, name)
+    rows = ledger.tasks(env, name)
+    outputs = {row.key: ledger.outputs(env, row.key) for row in rows}
+    report = build_report(
+        name, env, rows, outputs, folder, plan=plan, fetched=fetched, downloads=downloads
+    )
+    files = write_reports(report, folder)
+    log.info(
+        "report.written",
+        manifest=name,
+        env=env,
+        folder=str(folder),
+        tasks=len(report.tasks),
+        complete=report.complete,
+    )
+    return ReportResult(report, folder, files, downloads, list(fetched))
+
+
+async def finish_run(
+    downloader: Downloader | None, settings: Settings, ledger: Ledger, plan: Plan, env: str
+) -> ReportResult:
+    """The end of `mvbatch run`: catch up on downloads, then write the reports.
+
+    `downloader` is the one whose `on_succeeded` the executor called (None
+    with `--no-download`); the executor has awaited those calls before it
+    returns. Catching up verifies every succeeded task of the manifest and
+    fetches what is still missing (a verified file costs one `stat`).
+    """
+    fetched: list[Fetched] = []
+    stats = None
+    if downloader is not None:
+        fetched = downloader.results
+        done = {f.key for f in fetched if f.ok}
+        rows = [r for r in ledger.tasks(env, plan.name) if r.key not in done]
+        fetched += await downloader.fetch(rows)
+        stats = downloader.stats
+    return write_report(
+        settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=stats
+    )
+
+
+def report_command(
+    settings: Settings, ledger: Ledger, plan: Plan, env: str, *, download: bool
+) -> ReportResult:
+    """`mvbatch report MANIFEST [--no-download]`: verify or fetch the videos, write the reports.
+
+    The caller chose `env` (the side of the manifest's last run) and built
+    `plan` with that side's learned rates (`commands.reporting.report_manifest`).
+    """
+    if not download:
+        return write_report(settings, ledger, plan.name, env, plan=plan)
+    rows = [r for r in ledger.tasks(env, plan.name) if r.status == "succeeded"]
+    fetched, stats = asyncio.run(_download(settings, ledger, env, rows))
+    return write_report(
+        settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=stats
+    )
+
+
+async def _download(
+    settings: Settings, ledger: Ledger, env: str, rows: list[TaskRow]
+) -> tuple[list[Fetched], DownloadStats]:
+    if env == "sim":
+        endpoint = choose(settings, simulate=True)
+    elif settings.api_key_value() is not None:
+        endpoint = choose(settings, simulate=False)
+    else:
+        # Downloads need no key; only refreshing an expired URL does.
+        log.warning(
+            "download.no_refresh",
+            reason="MINDVIDEO_API_KEY is unset: an expired "
+            "output URL cannot be refreshed from the API",
+        )
+        endpoint = Endpoint("live", settings.base_url, "", None)
+    refresh = None
+    api = None
+    if endpoint.api_key:
+        api = ApiClient(endpoint.api_client())
+        refresh = api.refresh_outputs
+    try:
+        async with endpoint.files_client() as files:
+            downloader = Downloader(ledger, files, settings.output_dir, refresh=refresh)
+            fetched = await downloader.fetch(rows)
+            return fetched, downloader.stats
+    finally:
+        if api is not None:
+            await api.aclose()
