@@ -1,25 +1,53 @@
 """The one error tree of mvbatch, and the exit code each branch maps to.
 
     MvbatchError
-    ├── UsageError ............ 2  bad command line or configuration of a command
-    │   └── ManifestError ..... 2  manifest / plan file problems: file, shot, field, expected
-    ├── BudgetError ........... 3  refused by the budget (nothing over the cap submitted)
-    ├── ApiError .............. 4  the API refused us or could not be reached
-    │   └── AuthError ......... 4  401/403: the key is wrong or lacks rights
-    ├── ConfigError ........... 4  settings that make any API call impossible
-    └── Interrupted ......... 130  the user pressed Ctrl-C; state is saved
+    ├── UsageError ................ 2  bad command line or configuration of a command
+    │   ├── ManifestError ......... 2  manifest / plan file problems: file, shot, field, expected
+    │   ├── MediaError ............ 2  a local "@file" that cannot be used (the planner turns
+    │   │                              it into a ManifestError problem at its field)
+    │   └── FileChangedError ...... 2  a local file changed after planning: sending it would
+    │                                  submit content its key does not describe
+    ├── BudgetError ............... 3  refused by the budget (nothing over the cap submitted)
+    ├── ApiError .................. 4  the API refused us or could not be reached
+    │   ├── AuthError ............. 4  401/403: the key is wrong or lacks rights
+    │   ├── ApiUnavailable ........ 4  the API kept failing: attempts or the retry budget ran out
+    │   └── TaskRejected .......... 4  the API refused one request for good (a 4xx): the run
+    │                                  records it as that task's outcome, it stops nothing
+    ├── ConfigError ............... 4  settings that make any API call impossible
+    │   └── EndpointMissing ....... 4  the base URL answers as no task API would (a wrong URL)
+    └── Interrupted ............. 130  the user pressed Ctrl-C; state is saved
 
-Exit code 1 (some tasks failed) is not an error: it is an outcome, computed by
-the CLI from the run's result. Only `mvbatch.cli` turns these into exit codes.
+    MalformedResponse ................ a 2xx whose body is not what the documentation shows.
+                                       Not an MvbatchError: inside `mvbatch.api` a body that is
+                                       not JSON is retried like a dropped connection
+                                       (`ApiUnavailable` when retries run out)
+
+Exit code 1 (some tasks failed) is not an error: it is an outcome, which the
+CLI reads from the run's result. `ExitCode` names every code; only
+`mvbatch.cli`'s edge exits with them (Ctrl-C included).
+The API's errors are raised by `mvbatch.api` only; what each HTTP answer
+becomes is drawn in `mvbatch.api.client`'s docstring.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The contract's exit codes (SPEC §2). `mvbatch.cli` alone exits with them."""
+
+    OK = 0  # everything asked for succeeded
+    UNFINISHED = 1  # some tasks failed, were cancelled or did not finish; videos missing
+    USAGE = 2  # usage, manifest or validation error: nothing submitted
+    BUDGET = 3  # refused by the budget: nothing over the cap submitted
+    API = 4  # API, authentication or configuration error
+    INTERRUPTED = 130  # Ctrl-C: what was sent is recorded
 
 
 class MvbatchError(Exception):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -31,7 +59,7 @@ class MvbatchError(Exception):
 
 
 class UsageError(MvbatchError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,21 +97,85 @@ class ManifestError(UsageError):
         super().__init__(f"{len(problems)} {noun} in the manifest:\n  " + "\n  ".join(lines))
 
 
+class MediaError(UsageError):
+    """A local file that cannot be used; the message says why and what to do."""
+
+
+class FileChangedError(UsageError):
+    """A local file's bytes differ from the hash its task's key was made from."""
+
+    def __init__(self, display: str) -> None:
+        super().__init__(
+            f"{display} changed since it was planned; plan again",
+            hint="run `mvbatch plan` again, then `mvbatch run`",
+        )
+        self.display = display
+
+
 class BudgetError(MvbatchError):
-    exit_code = 3
+    exit_code = ExitCode.BUDGET
 
 
 class ApiError(MvbatchError):
-    exit_code = 4
+    exit_code = ExitCode.API
 
 
 class AuthError(ApiError):
-    exit_code = 4
+    exit_code = ExitCode.API
 
 
 class ConfigError(MvbatchError):
-    exit_code = 4
+    exit_code = ExitCode.API
 
 
 class Interrupted(MvbatchError):
-    exit_code = 130
+    exit_code = ExitCode.INTERRUPTED
+
+
+# ------------------------------------------------------------------ the API's
+
+
+class ApiUnavailable(ApiError):
+    """The API kept failing: attempts or the retry budget ran out. The run stops, resumable."""
+
+
+class TaskRejected(ApiError):
+    """The server refused this request for good (a 4xx other than 401/403/408/429).
+
+    Caught by the run, which records it as the task's outcome: it stops
+    nothing. `message` is the server's own (redacted), `status_code` its HTTP
+    status.
+    """
+
+    def __init__(self, status_code: int, message: str, maybe_sent: bool = False) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        # An earlier attempt of the same call may have reached the server (a
+        # timeout, a dropped connection, a 5xx, a garbled 2xx): for a POST the
+        # task may exist and be charged even though this answer refuses it.
+        self.maybe_sent = maybe_sent
+
+
+class EndpointMissing(ConfigError):
+    """The base URL does not lead to the task API: the run stops (exit 4).
+
+    Raised for an answer no task API gives (a 405, a redirect, a 404 that
+    names nothing). The request created nothing there, unless `maybe_sent`:
+    an earlier attempt of the same call went unanswered (a timeout, a 5xx).
+    """
+
+    def __init__(
+        self, message: str, *, hint: str, status_code: int, url: str, maybe_sent: bool
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+        self.url = url
+        self.maybe_sent = maybe_sent
+
+
+class MalformedResponse(Exception):
+    """A 2xx response whose body is not the JSON object the documentation shows.
+
+    Not an `MvbatchError`: inside `mvbatch.api` it means "try again" (see
+    `mvbatch.api.retry`); it has no exit code of its own.
+    """

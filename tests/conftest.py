@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import stamina
 from hypothesis import settings
 
 # A stalled VM (garbage collection, a neighbour's burst) can hold one example
@@ -23,6 +24,21 @@ def isolated_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     # A `.env` in the working tree must not leak into tests.
     monkeypatch.chdir(tmp_path)
     return
+
+
+@pytest.fixture(autouse=True)
+def retries_without_waits() -> Iterator[None]:
+    """stamina's testing mode: every retry happens at once; each loop keeps its attempts.
+
+    `cap=True`: a retry policy's own number of attempts holds (at most 100,
+    which also bounds a loop without a limit). The waits are still computed
+    (and logged as `api.retry`), only not slept. A test that needs real waits
+    says `with stamina.set_testing(False):`, one that needs another number of
+    attempts `with stamina.set_testing(True, attempts=n):`. Processes started
+    by a test (the real CLI) retry for real.
+    """
+    with stamina.set_testing(True, attempts=100, cap=True):
+        yield
 
 
 @pytest.fixture(autouse=True)

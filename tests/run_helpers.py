@@ -3,7 +3,8 @@
 - `write_manifest(folder, ...)`: a small manifest file from shots.
 - `planned(path, state_dir, env)`: the plan, as `mvbatch run` builds it.
 - `InProcessSim`: the simulator app in-process (ASGITransport), an `ApiClient`
-  on it with waits recorded instead of slept, and its billing stats.
+  on it (retrying without waits: stamina's testing mode, `conftest.py`), and
+  its billing stats.
 - `cli(...)`, `cli_env(...)`: the real CLI in a subprocess (`python -m mvbatch`).
 - `sim_stats(base_url)`: `/_sim/stats` of a simulator process.
 """
@@ -24,14 +25,14 @@ import structlog
 from click.testing import Result
 from typer.testing import CliRunner
 
-from mvbatch.api.client import ApiClient, RetryPolicy
+from mvbatch.api.client import ApiClient
 from mvbatch.cli import app
-from mvbatch.ledger.store import Ledger
+from mvbatch.commands.planning import build_plan, planned_rows
+from mvbatch.ledger import Ledger, open_ledger
 from mvbatch.plan.planner import Plan
 from mvbatch.settings import Settings
 from mvbatch.sim.app import create_app
 from mvbatch.sim.config import build_config
-from mvbatch.workflow import build_plan, planned_rows
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_KEY = "mv_test_xxx"
@@ -77,20 +78,19 @@ def planned(path: Path, state_dir: Path, env: str = "sim") -> Plan:
 
 
 def prepare_ledger(state_dir: Path, plan: Plan, env: str = "sim") -> Ledger:
-    ledger = Ledger(state_dir)
+    ledger = open_ledger(state_dir)
     ledger.ensure_tasks(env, planned_rows(plan))
     return ledger
 
 
 @dataclass
 class InProcessSim:
-    """The simulator in this process; `api()` gives an ApiClient that records its waits."""
+    """The simulator in this process; `api()` gives an ApiClient on it."""
 
     speed: float = 0.0
     faults: str = "none"
     rates: dict[str, float | None] = field(default_factory=dict)
     seed: int = 0
-    waits: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         config = build_config(
@@ -105,9 +105,8 @@ class InProcessSim:
             headers={"Authorization": f"Bearer {key}"},
         )
 
-    def api(self, key: str = TEST_KEY, attempts: int = 8) -> ApiClient:
-        policy, self.waits = RetryPolicy.for_tests(attempts=attempts)
-        return ApiClient(self.http(key), policy)
+    def api(self, key: str = TEST_KEY) -> ApiClient:
+        return ApiClient(self.http(key))
 
     async def stats(self) -> dict[str, Any]:
         async with httpx.AsyncClient(

@@ -35,9 +35,9 @@ from run_helpers import (
 )
 from sim_helpers import running_sim
 
-from mvbatch.api.client import ApiClient, RetryPolicy
+from mvbatch.api.client import ApiClient
 from mvbatch.errors import ConfigError
-from mvbatch.ledger.store import Ledger
+from mvbatch.ledger import open_ledger
 from mvbatch.plan.planner import Plan
 from mvbatch.run.executor import Executor
 
@@ -126,11 +126,10 @@ def plan_of(tmp_path: Path) -> Plan:
 
 
 def scripted(handler: Callable[[httpx.Request], httpx.Response]) -> ApiClient:
-    policy, _ = RetryPolicy.for_tests()
     http = httpx.AsyncClient(
         transport=httpx.MockTransport(handler), base_url="http://127.0.0.1:8799/"
     )
-    return ApiClient(http, policy)
+    return ApiClient(http)
 
 
 # ------------------------------------------------------------------ the executor
@@ -158,7 +157,7 @@ async def test_the_run_stops_at_the_first_404_to_a_post_and_records_nothing_as_s
     assert "404" in message
     assert "/api/v1" in message
     assert caught.value.exit_code == 4
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         rows = ledger.tasks("live", "t")
     assert len(rows) == 6
     assert {r.status for r in rows} == {"planned"}  # nothing failed, nothing in flight
@@ -207,7 +206,7 @@ async def test_an_earlier_intent_answered_404_stays_to_be_resent_under_its_key(
             await Executor(plan, ledger, api, env="live", cap=None).run()
     ledger.close()
     assert posts == [first.key]
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         row = ledger.task("live", first.key)
         others = [r.status for r in ledger.tasks("live", "t") if r.key != first.key]
     assert row is not None
@@ -248,7 +247,7 @@ async def test_tasks_in_flight_polled_at_a_wrong_url_are_not_failed(tmp_path: Pa
     assert "GET http://127.0.0.1:8799/tasks/task_" in caught.value.message
     assert set(requests) == {"GET"}
     assert len(requests) <= len(plan.tasks)  # stopped at once, no polling on and on
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         rows = ledger.tasks("live", "t")
     assert {r.status for r in rows} == {"queued"}
     assert all(r.error is None for r in rows)
@@ -263,9 +262,8 @@ async def test_the_simulator_at_a_wrong_prefix_fails_nothing(tmp_path: Path) -> 
         base_url="http://sim.test/wrong/prefix/",
         headers={"Authorization": f"Bearer {TEST_KEY}"},
     )
-    policy, _ = RetryPolicy.for_tests()
     ledger = prepare_ledger(tmp_path / "state", plan, env="live")
-    async with ApiClient(http, policy) as api:
+    async with ApiClient(http) as api:
         with pytest.raises(ConfigError) as caught:
             await Executor(plan, ledger, api, env="live", cap=None).run()
     ledger.close()
@@ -305,7 +303,7 @@ def test_a_wrong_base_url_exits_4_at_the_first_request_and_the_right_one_then_co
         right = cli(command, cli_env(tmp_path, base), tmp_path)
         stats = sim_stats(base)
     assert right.returncode == 0, right.stdout + right.stderr
-    with Ledger(state) as ledger:
+    with open_ledger(state) as ledger:
         rows = ledger.tasks("live", "demo")
     assert len(rows) == 9
     assert {r.status for r in rows} == {"succeeded"}
@@ -333,7 +331,7 @@ def test_the_bare_origin_printed_by_an_old_sim_works_and_a_wrong_prefix_fails_no
     assert after_wrong["responses"] == {"404": 1}
     assert after_wrong["billing"]["charges"] == 0
     assert right.returncode == 0, right.stdout + right.stderr
-    with Ledger(state) as ledger:
+    with open_ledger(state) as ledger:
         rows = ledger.tasks("live", "t")
     assert {r.status for r in rows} == {"succeeded"}
     assert charges_by_key(stats) == {r.key: 1 for r in rows}

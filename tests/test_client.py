@@ -1,10 +1,17 @@
-"""The API client: what it retries (and only that), how it waits, what it tolerates."""
+"""The API client: what it retries (and only that), how it waits, what it tolerates.
+
+Retries run in stamina's testing mode (tests/conftest.py): no sleeping, and
+as many attempts as in production unless a test says otherwise. The wait of
+each retry is still decided, and logged as `api.retry`: `decided_waits`
+reads it. One test turns the testing mode off and waits for real.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
@@ -12,19 +19,21 @@ from typing import Any
 
 import httpx
 import pytest
+import stamina
 from run_helpers import InProcessSim
+from structlog.testing import capture_logs
 
-from mvbatch.api.client import (
-    ApiClient,
-    ApiUnavailable,
+from mvbatch.api.client import ApiClient
+from mvbatch.api.responses import parse_task, server_message
+from mvbatch.api.retry import (
+    ATTEMPTS,
+    Backoff,
     RetryBudget,
     RetryPolicy,
-    TaskRejected,
+    never,
     parse_retry_after,
-    parse_task,
-    server_message,
 )
-from mvbatch.errors import AuthError
+from mvbatch.errors import ApiUnavailable, AuthError, TaskRejected
 
 pytestmark = pytest.mark.anyio
 
@@ -44,12 +53,25 @@ DONE = {
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def client_for(handler: Handler, **policy: Any) -> tuple[ApiClient, list[float]]:
-    retry, waits = RetryPolicy.for_tests(**policy)
+def client_for(handler: Handler, policy: RetryPolicy | None = None) -> ApiClient:
     http = httpx.AsyncClient(
         transport=httpx.MockTransport(handler), base_url="https://api.test/api/v1/"
     )
-    return ApiClient(http, retry), waits
+    return ApiClient(http, policy)
+
+
+@pytest.fixture
+def decided_waits() -> Iterator[Callable[[], list[float]]]:
+    """The wait of each retry the client made, as decided (testing mode does not sleep it)."""
+    with capture_logs() as events:
+        yield lambda: [e["wait_s"] for e in events if e["event"] == "api.retry"]
+
+
+def status_error(status: int, **headers: str) -> httpx.HTTPStatusError:
+    """What a failed attempt raises for a retryable status (see `ApiClient._attempt`)."""
+    request = httpx.Request("GET", "https://api.test/api/v1/tasks/task_1")
+    response = httpx.Response(status, headers=headers, request=request)
+    return httpx.HTTPStatusError(f"HTTP {status}", request=request, response=response)
 
 
 def sequence(*responses: httpx.Response | Exception) -> tuple[Handler, list[httpx.Request]]:
@@ -73,7 +95,7 @@ def ok(body: dict[str, Any] = TASK, **headers: str) -> httpx.Response:
 
 async def test_submit_sends_the_documented_request_and_reads_the_documented_answer() -> None:
     handler, seen = sequence(ok())
-    client, _ = client_for(handler)
+    client = client_for(handler)
     state = await client.submit("kling-v2-6", {"prompt": "p", "mode": "std"}, "mvb1-abc")
     request = seen[0]
     assert request.method == "POST"
@@ -97,7 +119,7 @@ async def test_get_reads_outputs_and_actual_cost_and_ignores_the_rest() -> None:
             "thumbnails": [],
         },
     }
-    client, _ = client_for(lambda r: ok(body))
+    client = client_for(lambda r: ok(body))
     state = await client.get("task_1")
     assert state.status == "succeeded"
     assert state.terminal
@@ -127,13 +149,15 @@ def test_server_times_give_the_true_latency_when_present() -> None:
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408, 429])
-async def test_transient_statuses_are_retried(status: int) -> None:
+async def test_transient_statuses_are_retried(
+    status: int, decided_waits: Callable[[], list[float]]
+) -> None:
     handler, seen = sequence(httpx.Response(status, json={"error": {"message": "busy"}}), ok())
-    client, waits = client_for(handler)
+    client = client_for(handler)
     state = await client.get("task_1")
     assert state.task_id == "task_1"
     assert len(seen) == 2
-    assert len(waits) == 1
+    assert len(decided_waits()) == 1
     assert client.counts["retry"] == 1
 
 
@@ -148,7 +172,7 @@ async def test_transient_statuses_are_retried(status: int) -> None:
 )
 async def test_network_errors_are_retried_and_a_post_keeps_its_key(error: Exception) -> None:
     handler, seen = sequence(error, ok())
-    client, _ = client_for(handler)
+    client = client_for(handler)
     await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-same")
     assert [r.headers["Idempotency-Key"] for r in seen] == ["mvb1-same", "mvb1-same"]
     assert seen[0].content == seen[1].content
@@ -156,24 +180,74 @@ async def test_network_errors_are_retried_and_a_post_keeps_its_key(error: Except
 
 async def test_a_garbled_2xx_body_is_retried() -> None:
     handler, seen = sequence(httpx.Response(200, content=b'{"task_id": "tas'), ok())
-    client, _ = client_for(handler)
+    client = client_for(handler)
     assert (await client.get("task_1")).task_id == "task_1"
     assert len(seen) == 2
 
 
-async def test_retry_after_in_seconds_is_honoured() -> None:
+async def test_retry_after_in_seconds_is_honoured(
+    decided_waits: Callable[[], list[float]],
+) -> None:
     handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "7"}), ok())
-    client, waits = client_for(handler)
+    client = client_for(handler)
     await client.get("task_1")
-    assert 7 <= waits[0] <= 7.7  # the server's wait, plus at most 10% jitter
+    [wait] = decided_waits()
+    assert 7 <= wait <= 7.7  # the server's wait, plus at most 10% jitter
 
 
-async def test_retry_after_as_an_http_date_is_honoured() -> None:
+async def test_retry_after_as_an_http_date_is_honoured(
+    decided_waits: Callable[[], list[float]],
+) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
     handler, _ = sequence(httpx.Response(503, headers={"Retry-After": when}), ok())
-    client, waits = client_for(handler)
+    client = client_for(handler)
     await client.get("task_1")
-    assert 25 <= waits[0] <= 33
+    [wait] = decided_waits()
+    assert 25 <= wait <= 33
+
+
+def test_the_wait_is_the_servers_retry_after_else_backoff() -> None:
+    """The wait stamina is told by the backoff hook, computed without stamina."""
+    policy = RetryPolicy(backoff=Backoff(base=0.5, cap=4.0))
+    assert 7 <= policy.wait(status_error(429, **{"Retry-After": "7"}), attempt=1) <= 7.7
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    assert 25 <= policy.wait(status_error(503, **{"Retry-After": when}), attempt=1) <= 33
+    assert 300 <= policy.wait(status_error(503, **{"Retry-After": "86400"}), attempt=1) <= 301
+    # No (readable) Retry-After, or not an answer at all: backoff, by attempt.
+    for error in (status_error(503, **{"Retry-After": "soon"}), httpx.ConnectError("refused")):
+        assert 0 <= policy.wait(error, attempt=1) <= 0.5
+        assert 0 <= policy.wait(error, attempt=9) <= 4.0
+
+
+def test_the_backoff_hook_gives_stamina_the_wait_or_refuses() -> None:
+    """stamina's `on`: False (give up) or the seconds to wait, Retry-After first."""
+    retry_after_7 = status_error(429, **{"Retry-After": "7"})
+    hook = RetryPolicy().retrying().backoff_hook
+    assert 7 <= hook(retry_after_7) <= 7.7
+    assert hook(status_error(503)) is not False
+    assert hook(httpx.ConnectError("refused")) is not False
+    assert hook(status_error(404)) is False
+    assert hook(AuthError("no")) is False
+    assert RetryPolicy().retrying(on=never).backoff_hook(retry_after_7) is False
+    dry = RetryPolicy(budget=RetryBudget(reserve=0)).retrying()
+    assert dry.backoff_hook(retry_after_7) is False
+    assert dry.out_of_budget
+    # A caller's `on` may name the wait itself (stamina's contract); the budget still holds.
+    assert RetryPolicy().retrying(on=lambda _: 2.5).backoff_hook(retry_after_7) == 2.5
+    own_wait = RetryPolicy(budget=RetryBudget(reserve=0)).retrying(on=lambda _: 2.5)
+    assert own_wait.backoff_hook(retry_after_7) is False
+
+
+async def test_stamina_really_waits_what_the_server_asked_for() -> None:
+    """End to end, testing mode off: the Retry-After wait is slept, not the (tiny) backoff."""
+    handler, seen = sequence(httpx.Response(503, headers={"Retry-After": "0.3"}), ok())
+    client = client_for(handler, RetryPolicy(backoff=Backoff(base=0.01, cap=0.01)))
+    with stamina.set_testing(False):
+        started = time.monotonic()
+        await client.get("task_1")
+        waited = time.monotonic() - started
+    assert len(seen) == 2
+    assert 0.3 <= waited < 2.0
 
 
 def test_parse_retry_after() -> None:
@@ -197,12 +271,26 @@ def test_parse_retry_after() -> None:
 
 
 def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
-    policy = RetryPolicy(base=0.5, cap=4.0)
-    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
-        waits = [policy.backoff(attempt, None) for _ in range(200)]
+    backoff = Backoff(base=0.5, cap=4.0)
+    for attempt, ceiling in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0), (10_000, 4.0)]:
+        assert backoff.ceiling(attempt) == ceiling
+        waits = [backoff.wait(attempt) for _ in range(200)]
         assert all(0 <= w <= ceiling for w in waits)
         assert max(waits) > ceiling / 2  # full jitter spreads over the whole range
-    assert 300 <= policy.backoff(1, 10_000) <= 301  # a huge Retry-After is cut to the cap
+    assert 300 <= backoff.wait(1, 10_000) <= 301  # a huge Retry-After is cut to the cap
+
+
+def test_the_production_limits_are_the_documented_ones() -> None:
+    """docs/internals.md, "Retries and errors": change both or neither."""
+    policy = RetryPolicy()
+    assert (policy.attempts, policy.timeout) == (8, None) == (ATTEMPTS, None)
+    assert (policy.backoff.base, policy.backoff.cap, policy.backoff.max_retry_after) == (
+        0.5,
+        30.0,
+        300.0,
+    )
+    assert policy.budget is not None
+    assert (policy.budget.reserve, policy.budget.ratio) == (40.0, 2.0)
 
 
 @pytest.mark.parametrize(
@@ -237,7 +325,7 @@ async def test_other_4xx_fail_at_once_with_the_servers_message(
     status: int, body: dict[str, Any], message: str
 ) -> None:
     handler, seen = sequence(httpx.Response(status, json=body))
-    client, _ = client_for(handler)
+    client = client_for(handler)
     with pytest.raises(TaskRejected) as caught:
         await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
     assert caught.value.status_code == status
@@ -265,7 +353,7 @@ async def test_409_says_the_key_was_reused_with_other_content_and_is_not_retried
             },
         )
     )
-    client, _ = client_for(handler)
+    client = client_for(handler)
     with pytest.raises(TaskRejected) as caught:
         await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
     assert caught.value.status_code == 409
@@ -278,31 +366,55 @@ async def test_409_says_the_key_was_reused_with_other_content_and_is_not_retried
 @pytest.mark.parametrize("status", [401, 403])
 async def test_401_and_403_stop_with_an_auth_error(status: int) -> None:
     handler, seen = sequence(httpx.Response(status, json={"error": {"message": "bad key"}}))
-    client, _ = client_for(handler)
+    client = client_for(handler)
     with pytest.raises(AuthError, match="bad key") as caught:
         await client.get("task_1")
     assert caught.value.exit_code == 4
     assert len(seen) == 1
 
 
-async def test_attempts_run_out_on_a_failing_call() -> None:
+async def test_attempts_run_out_on_a_failing_call(
+    decided_waits: Callable[[], list[float]],
+) -> None:
     handler, seen = sequence(httpx.Response(503))
-    client, waits = client_for(handler, attempts=4)
-    with pytest.raises(ApiUnavailable, match="failed 4 times"):
+    client = client_for(handler)
+    with (
+        stamina.set_testing(True, attempts=4),
+        pytest.raises(ApiUnavailable, match="failed 4 times"),
+    ):
         await client.get("task_1")
     assert len(seen) == 4
-    assert len(waits) == 3
+    assert len(decided_waits()) == 3
+    assert client.counts["retry"] == 3
+
+
+async def test_a_retry_is_paid_from_the_budget_only_when_it_is_made() -> None:
+    budget = RetryBudget(reserve=10)
+    handler, _ = sequence(httpx.Response(503))
+    client = client_for(handler, RetryPolicy(budget=budget))
+    with stamina.set_testing(True, attempts=3), pytest.raises(ApiUnavailable, match="3 times"):
+        await client.get("task_1")
+    assert budget.tokens == 8  # two retries; the third failure ended the call, at no cost
+
+
+async def test_stamina_does_not_log_retries_on_the_console_too() -> None:
+    handler, _ = sequence(httpx.ReadTimeout("slow"), ok())
+    with capture_logs() as events:
+        await client_for(handler).get("task_1")
+    assert [e["event"] for e in events] == ["api.retry"]
+    assert events[0]["log_level"] == "info"
+    assert events[0]["reason"] == "ReadTimeout: slow"
 
 
 async def test_the_retry_budget_stops_hammering_a_dead_api() -> None:
     handler, seen = sequence(httpx.ConnectError("refused"))
-    client, _ = client_for(handler, attempts=100, budget=RetryBudget(reserve=10))
+    client = client_for(handler, RetryPolicy(budget=RetryBudget(reserve=10)))
 
     async def hammer() -> None:
         for _ in range(20):
             await client.get("task_1")
 
-    with pytest.raises(ApiUnavailable, match="retry budget"):
+    with stamina.set_testing(True, attempts=100), pytest.raises(ApiUnavailable, match="budget"):
         await hammer()
     assert len(seen) == 11  # the first try and the 10 retries the reserve pays for
 
@@ -315,14 +427,14 @@ async def test_the_retry_budget_refills_with_successes() -> None:
         calls += 1
         return httpx.Response(503) if calls % 2 else ok()
 
-    client, _ = client_for(handler, budget=RetryBudget(reserve=3))
+    client = client_for(handler, RetryPolicy(budget=RetryBudget(reserve=3)))
     for _ in range(50):  # one failure per call, forever: sustainable
         await client.get("task_1")
 
 
 async def test_a_429_tells_the_executor_to_throttle() -> None:
     handler, _ = sequence(httpx.Response(429, headers={"Retry-After": "0"}), ok())
-    client, _ = client_for(handler)
+    client = client_for(handler)
     throttled: list[bool] = []
     client.on_throttle = lambda: throttled.append(True)
     await client.get("task_1")
@@ -330,13 +442,13 @@ async def test_a_429_tells_the_executor_to_throttle() -> None:
 
 
 async def test_a_post_is_never_sent_without_an_idempotency_key() -> None:
-    client, _ = client_for(lambda r: ok())
+    client = client_for(lambda r: ok())
     with pytest.raises(ValueError, match="idempotency key"):
         await client.submit("kling-v2-6", {"prompt": "p"}, "")
 
 
 async def test_a_replayed_post_is_flagged() -> None:
-    client, _ = client_for(lambda r: ok(TASK, **{"Idempotent-Replayed": "true"}))
+    client = client_for(lambda r: ok(TASK, **{"Idempotent-Replayed": "true"}))
     assert (await client.submit("kling-v2-6", {"prompt": "p"}, "k")).replayed
 
 
@@ -375,7 +487,7 @@ async def test_a_wrong_key_against_the_simulator_is_an_auth_error() -> None:
 
 async def test_the_post_body_is_canonical_json_whatever_the_key_order() -> None:
     handler, seen = sequence(ok())
-    client, _ = client_for(handler)
+    client = client_for(handler)
     await client.submit("m", {"b": 1, "a": {"z": "é", "y": 2}}, "mvb1-k")
     await client.submit("m", {"a": {"y": 2, "z": "é"}, "b": 1}, "mvb1-k")
     assert seen[0].content == seen[1].content
@@ -384,18 +496,28 @@ async def test_the_post_body_is_canonical_json_whatever_the_key_order() -> None:
 
 
 async def test_a_4xx_after_a_retry_says_the_post_may_have_been_sent() -> None:
-    for first in (httpx.ReadTimeout("slow"), httpx.Response(503)):
+    for first in (
+        httpx.ReadTimeout("slow"),
+        httpx.Response(503),
+        httpx.Response(200, content=b'{"task_id": "tas'),  # the answer broke, not the POST
+    ):
         handler, seen = sequence(first, httpx.Response(409, json={"error": "key reused"}))
-        client, _ = client_for(handler)
+        client = client_for(handler)
         with pytest.raises(TaskRejected) as caught:
             await client.submit("m", {"prompt": "p"}, "mvb1-k")
         assert caught.value.maybe_sent
         assert len(seen) == 2
-    handler, _ = sequence(httpx.Response(422, json={"error": "bad"}))
-    client, _ = client_for(handler)
-    with pytest.raises(TaskRejected) as caught:
-        await client.submit("m", {"prompt": "p"}, "mvb1-k")
-    assert not caught.value.maybe_sent
+    for answers in (
+        [httpx.Response(422, json={"error": "bad"})],
+        # A 429 turned the POST away: nothing was created by it.
+        [httpx.Response(429, headers={"Retry-After": "1"}), httpx.Response(409)],
+    ):
+        handler, seen = sequence(*answers)
+        client = client_for(handler)
+        with pytest.raises(TaskRejected) as caught:
+            await client.submit("m", {"prompt": "p"}, "mvb1-k")
+        assert not caught.value.maybe_sent
+        assert len(seen) == len(answers)
 
 
 def test_numeric_task_and_request_ids_are_accepted() -> None:
@@ -406,13 +528,13 @@ def test_numeric_task_and_request_ids_are_accepted() -> None:
 async def test_events_is_one_attempt_with_a_deadline_and_keeps_text() -> None:
     budget = RetryBudget()
     handler, seen = sequence(httpx.Response(503))
-    client, _ = client_for(handler, budget=budget)
+    client = client_for(handler, RetryPolicy(budget=budget))
     with pytest.raises(ApiUnavailable):
         await client.events("task_1")
     assert len(seen) == 1
     assert budget.tokens == budget.reserve  # no retry budget spent
     handler, _ = sequence(httpx.Response(200, content=b"not json " + b"x" * 100_000))
-    client, _ = client_for(handler)
+    client = client_for(handler)
     text = await client.events("task_1")
     assert isinstance(text, str)
     assert text.startswith("not json")
@@ -423,14 +545,12 @@ async def test_events_is_one_attempt_with_a_deadline_and_keeps_text() -> None:
         return ok()
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(slow), base_url="https://api.test/")
-    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    client = ApiClient(http)
     with pytest.raises(ApiUnavailable, match="did not answer"):
         await client.events("task_1", deadline=0.05)
 
 
 async def test_server_messages_echoing_a_credential_are_redacted() -> None:
-    from mvbatch.api.client import server_message
-
     response = httpx.Response(
         400,
         json={"error": {"message": "bad request; headers: Authorization=Bearer mv_live_abc123XYZ"}},
@@ -475,7 +595,7 @@ async def test_a_post_to_a_missing_tasks_endpoint_is_a_configuration_error(
     http = httpx.AsyncClient(
         transport=httpx.MockTransport(handler), base_url="http://127.0.0.1:8799/"
     )
-    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    client = ApiClient(http)
     with pytest.raises(ConfigError) as caught:
         await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
     assert len(seen) == 1  # not retried
@@ -495,7 +615,7 @@ async def test_a_redirected_post_is_not_followed_and_names_where_it_points() -> 
     http = httpx.AsyncClient(
         transport=httpx.MockTransport(handler), base_url="http://api.test/api/v1/"
     )
-    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    client = ApiClient(http)
     with pytest.raises(ConfigError) as caught:
         await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
     assert len(seen) == 1
@@ -510,7 +630,7 @@ async def test_a_404_naming_what_the_api_does_not_know_is_still_a_rejection() ->
             404, json={"error": {"code": "model_not_found", "message": "Unknown model 'x'."}}
         )
     )
-    client, _ = client_for(handler)
+    client = client_for(handler)
     with pytest.raises(TaskRejected, match="Unknown model"):
         await client.submit("x", {"prompt": "p"}, "mvb1-k")
 
@@ -522,7 +642,7 @@ async def test_a_wrong_url_that_already_ends_in_api_v1_names_the_host_to_check()
     http = httpx.AsyncClient(
         transport=httpx.MockTransport(handler), base_url="https://user:secret@wrong.test/api/v1/"
     )
-    client = ApiClient(http, RetryPolicy.for_tests()[0])
+    client = ApiClient(http)
     with pytest.raises(ConfigError) as caught:
         await client.submit("kling-v2-6", {"prompt": "p"}, "mvb1-k")
     message = caught.value.message
@@ -535,19 +655,19 @@ async def test_a_poll_answered_by_something_else_stops_only_before_the_api_answe
 
     html = httpx.Response(404, text="<html>Not Found</html>")
     handler, seen = sequence(html)
-    client, _ = client_for(handler)
+    client = client_for(handler)
     with pytest.raises(ConfigError, match=r"GET https://api.test/api/v1/tasks/task_1 answered 404"):
         await client.get("task_1")
     assert len(seen) == 1
     # Once the API has answered, a 404 to a poll is the task not being
     # visible (yet): the executor's not-found backoff decides, as before.
     handler, _ = sequence(ok(), html)
-    client, _ = client_for(handler)
+    client = client_for(handler)
     await client.get("task_1")
     with pytest.raises(TaskRejected):
         await client.get("task_1")
     # A task-not-found answer from the API itself is never a configuration error.
     handler, _ = sequence(httpx.Response(404, json={"error": {"message": "No task 'task_1'."}}))
-    client, _ = client_for(handler)
+    client = client_for(handler)
     with pytest.raises(TaskRejected, match="No task"):
         await client.get("task_1")

@@ -7,10 +7,9 @@ simulator, said loudly by the CLI), the ledger side it implies (`env` "live" or
 - the API client, which carries `Authorization` and is pinned to the API's
   origin; it never follows redirects, so the header cannot travel elsewhere;
 - the files client, which carries no credentials at all and may follow
-  redirects, because output videos live on other hosts (CDNs, buckets). Live,
-  it runs on our lean HTTP/1.1 transport (`mvbatch.http11`: a download
-  costs about a fifth less CPU than through httpcore, BENCHMARKS.md), unless
-  the environment names a proxy, which only httpx's own transport honours.
+  redirects, because output videos live on other hosts (CDNs, buckets). It is
+  a plain httpx client on httpx's own transport, so it honours the
+  environment's proxy settings as httpx does.
 
 With the simulator, both clients speak to the same in-process ASGI app through
 `httpx.ASGITransport`: no socket, no port, same code path as live.
@@ -18,13 +17,11 @@ With the simulator, both clients speak to the same in-process ASGI app through
 
 from __future__ import annotations
 
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from mvbatch.downloads.http11 import FilesTransport
 from mvbatch.errors import ConfigError, UsageError
 from mvbatch.settings import Settings
 
@@ -45,6 +42,10 @@ class Endpoint:
         return self.env == "sim"
 
     def api_client(self, timeout: float = 30.0, max_connections: int = 64) -> httpx.AsyncClient:
+        """The HTTP client for `ApiClient`: the key, the API's origin, no redirects followed.
+
+        `timeout` bounds each request; trying again is `mvbatch.api.retry`'s.
+        """
         return httpx.AsyncClient(
             base_url=self.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {self.api_key}", "User-Agent": USER_AGENT},
@@ -57,24 +58,14 @@ class Endpoint:
         )
 
     def files_client(self, timeout: float = 60.0, max_connections: int = 16) -> httpx.AsyncClient:
-        transport = self.transport
-        if transport is None and not _environment_proxies():
-            # Bulk bytes: our lean HTTP/1.1 transport (mvbatch.downloads.http11). With
-            # a proxy configured, httpx's own transport honours it.
-            transport = FilesTransport(max_connections=max_connections)
+        # No Authorization: the Downloader refuses a client that carries one.
         return httpx.AsyncClient(
             headers={"User-Agent": USER_AGENT},
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=max_connections),
             follow_redirects=True,
-            transport=transport,
+            transport=self.transport,
         )
-
-
-def _environment_proxies() -> bool:
-    """Would httpx route some request through a proxy named by the environment?"""
-    found = urllib.request.getproxies()
-    return any(found.get(scheme) for scheme in ("http", "https", "all"))
 
 
 def choose(
@@ -92,6 +83,8 @@ def choose(
             "(or drop --live to try the built-in simulator)"
         )
     if simulate is True or key is None:
+        # Imported here for start-up speed: a live run never loads the
+        # simulator (Starlette, its data files).
         from mvbatch.sim.app import create_app
         from mvbatch.sim.config import build_config
 
