@@ -1,14 +1,15 @@
-"""Download throughput: mvbatch's Downloader against curl, on the same files, in the same run.
+"""Downloads: mvbatch's Downloader against curl, on the same files, in the same run.
 
     python benchmarks/download.py [--files 200] [--size-mb 5] [--concurrency 8] [--rounds 8]
-                                  [--warmup 1] [--target 0.9] [--max-rest 0.5] [--redo 3]
+                                  [--warmup 1] [--max-cpu-per-gb 4] [--max-rest 0.5] [--redo 3]
                                   [--verbose]
 
 Starts the simulator (`python -m mvbatch.sim`) on a free loopback port with
 outputs scaled to `--size-mb`, creates `--files` tasks, then, per round,
 fetches every output twice: with `curl --parallel --parallel-max N` (the
-reference) and with `mvbatch.downloads.fetch.Downloader(concurrency=N)` (streamed to
-a part file, SHA-256 while streaming, Content-Length check, fsync, rename,
+reference) and with `mvbatch.downloads.fetch.Downloader(concurrency=N)` on the
+files client as `mvbatch run` builds it (httpx's own transport; streamed to a
+part file, SHA-256 while streaming, Content-Length check, fsync, rename,
 ledger row), N = `--concurrency` for both. Rounds alternate which goes first,
 each pass starts after `sync` with the previous pass's files hashed and
 deleted, and a warm-up round is discarded (see `--warmup`). Each of curl's
@@ -19,9 +20,14 @@ the rest of the machine (all busy CPU minus those two: kernel threads, and
 any other work), and the client's page faults. This machine may be shared:
 a round in which the rest used more than `--max-rest` CPU seconds during
 either pass is done again, at most `--redo` times, and the count is printed.
-Prints Markdown for BENCHMARKS.md; exits 1 when mvbatch is below `--target`
-times curl's throughput (median passes), or when a file differs between the
-two.
+Prints Markdown for BENCHMARKS.md: each client's passes, MB/s and CPU
+seconds per GB, and mvbatch's ratio to curl. The target is that downloads are
+never why a run is slow: exits 1 when the Downloader needs more than
+`--max-cpu-per-gb` CPU seconds per GB (median pass; at the default 4, one
+core keeps up with 2 Gbit/s, faster than the links file hosts are reached
+over), or when a file differs between the two. On loopback the simulator, not
+the network, sets the pace, so the ratio to curl is reported, not held to a
+target.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from importlib import metadata
 from pathlib import Path
 
 import httpx
@@ -50,8 +57,9 @@ sys.path.insert(0, str(REPO))
 
 from mvbatch import logs  # noqa: E402
 from mvbatch.api.endpoint import Endpoint  # noqa: E402
-from mvbatch.downloads.fetch import Downloader, sha256_file  # noqa: E402
-from mvbatch.ledger.store import Ledger, TaskRow  # noqa: E402
+from mvbatch.downloads.fetch import Downloader  # noqa: E402
+from mvbatch.downloads.partfile import sha256_file  # noqa: E402
+from mvbatch.ledger import Ledger, TaskRow, open_ledger  # noqa: E402
 
 KEY = "mv_bench_local"
 READY = "mvbatch sim listening on "
@@ -258,7 +266,7 @@ def run_mvbatch(
     tasks: list[tuple[str, str]], work: Path, concurrency: int, sim_pid: int
 ) -> tuple[Pass, Ledger]:
     """One pass, and its ledger; the ledger rows are written untimed."""
-    ledger = Ledger(work / "state")
+    ledger = open_ledger(work / "state")
     rows = ledger_rows(ledger, tasks)
     endpoint = Endpoint("live", "http://127.0.0.1:9/api/v1", KEY)
     os.sync()
@@ -284,7 +292,12 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=8, help="even, so each client goes first equally often"
     )
-    parser.add_argument("--target", type=float, default=0.9, help="minimum ratio to curl")
+    parser.add_argument(
+        "--max-cpu-per-gb",
+        type=float,
+        default=4.0,
+        help="most CPU seconds the Downloader may spend per GB (median pass)",
+    )
     parser.add_argument(
         "--warmup",
         type=int,
@@ -412,6 +425,7 @@ def report(
     redone: int,
 ) -> None:
     curl, ours = passes["curl"], passes["mvbatch"]
+    gb = total / 1e9
     curl_rate = total / statistics.median(p.seconds for p in curl) / 1e6
     ours_rate = total / statistics.median(p.seconds for p in ours) / 1e6
     ratio = ours_rate / curl_rate
@@ -421,37 +435,60 @@ def report(
         f"{args.concurrency} transfers at a time on both sides (curl --parallel-max, "
         f"Downloader concurrency), {args.rounds} rounds after {args.warmup} warm-up, "
         f"loopback, {os.cpu_count()} vCPUs ({cpu_model()}), Linux {platform.release()}, "
-        f"Python {platform.python_version()}; {redone} round(s) redone because other work "
-        f"used over {args.max_rest} CPU s during a pass"
+        f"Python {platform.python_version()}, httpx {version('httpx')}, "
+        f"httpcore {version('httpcore')}, {curl_version()}; {redone} round(s) redone because "
+        f"other work used over {args.max_rest} CPU s during a pass"
     )
     print()
     print(
         "| client | seconds per pass (each round) | median MB/s "
         "| median CPU s per pass: client / simulator / rest of machine "
-        "| client page faults per pass |"
+        "| client CPU s per GB | client page faults per pass |"
     )
-    print("|---|---|---:|---|---:|")
-    for name, runs in (("curl --parallel (the target)", curl), ("mvbatch Downloader", ours)):
+    print("|---|---|---:|---|---:|---:|")
+    for name, runs in (("curl --parallel (the reference)", curl), ("mvbatch Downloader", ours)):
+        client = statistics.median(p.client for p in runs)
         print(
             f"| {name} | {', '.join(f'{p.seconds:.2f}' for p in runs)} "
             f"| {total / statistics.median(p.seconds for p in runs) / 1e6:.0f} "
-            f"| {statistics.median(p.client for p in runs):.2f} / "
+            f"| {client:.2f} / "
             f"{statistics.median(p.sim for p in runs):.2f} / "
             f"{statistics.median(p.rest for p in runs):.2f} "
+            f"| {client / gb:.2f} "
             f"| {statistics.median(p.faults for p in runs):,.0f} |"
         )
     print(
         f"| curl --parallel, then sync | {', '.join(f'{t:.2f}' for t in synced)} "
-        f"| {total / statistics.median(synced) / 1e6:.0f} | | |"
+        f"| {total / statistics.median(synced) / 1e6:.0f} | | | |"
     )
     print()
+    ours_cpu = statistics.median(p.client for p in ours) / gb
+    curl_cpu = statistics.median(p.client for p in curl) / gb
     print(
         f"mvbatch / curl, round by round: {', '.join(f'{r:.2f}' for r in paired)} "
         f"(median {statistics.median(paired):.2f}x)"
     )
-    print(f"mvbatch / curl = {ratio:.2f}x, from the median passes (target >= {args.target}x)")
-    if ratio < args.target:
+    print(f"mvbatch / curl = {ratio:.2f}x, from the median passes")
+    print(
+        f"client CPU per GB: mvbatch {ours_cpu:.2f} s, curl {curl_cpu:.2f} s "
+        f"({ours_cpu / curl_cpu:.1f}x); one core at this rate: "
+        f"{1000 / ours_cpu:.0f} MB/s ({8 / ours_cpu:.1f} Gbit/s); "
+        f"target <= {args.max_cpu_per_gb:g} s per GB"
+    )
+    if ours_cpu > args.max_cpu_per_gb:
         sys.exit(1)
+
+
+def version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def curl_version() -> str:
+    done = subprocess.run(["curl", "--version"], capture_output=True, text=True, check=False)
+    return " ".join(done.stdout.split()[:2]) or "curl ?"
 
 
 def cpu_model() -> str:

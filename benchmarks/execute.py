@@ -48,11 +48,11 @@ import httpx
 from mvbatch import logs
 from mvbatch.api.client import ApiClient, pool_size
 from mvbatch.api.endpoint import Endpoint
-from mvbatch.ledger.store import Ledger
+from mvbatch.commands.planning import build_plan, planned_rows
+from mvbatch.ledger import open_ledger
 from mvbatch.run.executor import Executor
 from mvbatch.run.polling import DELAY_WEIGHT, LatencyBook
 from mvbatch.settings import Settings
-from mvbatch.workflow import build_plan, planned_rows
 
 REPO = Path(__file__).resolve().parent.parent
 READY = "mvbatch sim listening on "
@@ -187,7 +187,7 @@ async def execute(
     endpoint = Endpoint("live", sim.base + "/api/v1", "mv_bench_key")
     before = sim.stats()
     server0 = sim.cpu()
-    with Ledger(settings.state_dir) as ledger:
+    with open_ledger(settings.state_dir) as ledger:
         ledger.ensure_tasks("live", planned_rows(the_plan))
         run_id = ledger.start_run("live", the_plan.name, endpoint.base_url, None, concurrency)
         api = ApiClient(endpoint.api_client(max_connections=pool_size(concurrency)))
@@ -210,7 +210,7 @@ async def execute(
     server = sim.cpu() - server0
     after = sim.stats()
     true = sim.latencies()
-    with Ledger(settings.state_dir) as ledger:
+    with open_ledger(settings.state_dir) as ledger:
         # The order the executor actually submitted in (it interleaves classes).
         rows = sorted(ledger.tasks("live", the_plan.name), key=lambda r: r.submitted_at or "")
     keys = [r.key for r in rows]

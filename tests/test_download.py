@@ -2,8 +2,10 @@
 
 Most tests drive `Downloader` through an in-process file host
 (`report_helpers.FileServer`) with scripted faults; the `slow` ones use real
-loopback servers to prove what crosses a socket: no Authorization header to a
-file host, also across a redirect.
+loopback servers and the files client as runs build it (httpx's own
+transport) to prove what crosses a socket: no Authorization header to a file
+host, also across a redirect; the environment's proxy honoured; a body cut
+short or stalled is resumed, never kept short.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import dataclasses
 import errno
 import os
+import re
 import string
 import threading
 import time
@@ -19,7 +22,6 @@ from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import httpcore
 import httpx
 import pytest
 from hypothesis import given
@@ -39,18 +41,11 @@ from report_helpers import (
 from sim_helpers import FakeClock, running_sim
 
 from mvbatch.api.endpoint import Endpoint
-from mvbatch.downloads import fetch as download
-from mvbatch.downloads import tuning
-from mvbatch.downloads.fetch import (
-    Downloader,
-    Fetched,
-    contained,
-    output_relpath,
-    report_folder,
-    safe_component,
-)
-from mvbatch.ledger.store import Ledger, TaskRow
-from mvbatch.run.executor import OnSucceeded
+from mvbatch.downloads import partfile
+from mvbatch.downloads.fetch import Downloader, Fetched
+from mvbatch.downloads.naming import contained, output_relpath, report_folder, safe_component
+from mvbatch.ledger import Ledger, SqliteLedger, TaskRow, open_ledger
+from mvbatch.run.hooks import OnSucceeded
 from mvbatch.sim.app import create_app
 from mvbatch.sim.config import FaultRates, SimConfig
 
@@ -59,8 +54,8 @@ URL = "https://files.example.test/out/{}.mp4?sig=abc"
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Ledger:
-    return Ledger(tmp_path / "state")
+def ledger(tmp_path: Path) -> SqliteLedger:
+    return SqliteLedger(tmp_path / "state")
 
 
 @pytest.fixture
@@ -142,7 +137,7 @@ def test_hostile_names_cannot_escape_the_output_folder(tmp_path: Path, hostile: 
     assert "\\" not in component
     assert "\x00" not in component
     assert len(component.encode()) <= 80
-    base = add_task(Ledger(tmp_path / "state"), ENV, task_row("mvb1-" + "a" * 32, "shot"))
+    base = add_task(open_ledger(tmp_path / "state"), ENV, task_row("mvb1-" + "a" * 32, "shot"))
     row = dataclasses.replace(
         base, key=f"mvb1-{hostile}", manifest=hostile, shot=hostile, variant={hostile: hostile}
     )
@@ -272,7 +267,7 @@ def downloaded_once(
     return row, server, report_folder(output_dir, "demo") / first.path, data
 
 
-def hashed_later(ledger: Ledger, key: str, seconds: float) -> None:
+def hashed_later(ledger: SqliteLedger, key: str, seconds: float) -> None:
     """Pretend the recorded hash was taken `seconds` after the file last changed."""
     [output] = ledger.outputs(ENV, key)
     assert output.verified_at is not None
@@ -286,13 +281,13 @@ def hashed_later(ledger: Ledger, key: str, seconds: float) -> None:
 
 def count_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     hashed: list[Path] = []
-    real = download.sha256_file
+    real = partfile.sha256_file
 
     def counting(path: Path) -> str:
         hashed.append(path)
         return real(path)
 
-    monkeypatch.setattr(download, "sha256_file", counting)
+    monkeypatch.setattr(partfile, "sha256_file", counting)
     return hashed
 
 
@@ -345,7 +340,7 @@ def test_an_edit_that_restores_size_and_mtime_is_still_caught(
 
 
 def test_a_ledger_row_without_file_stat_is_hashed_then_trusted(
-    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+    ledger: SqliteLedger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Rows written before the ledger kept file metadata (migration m002).
     row, server, _, _ = downloaded_once(ledger, output_dir, "o1")
@@ -641,6 +636,100 @@ def test_a_redirect_to_another_host_carries_no_authorization(
         assert "mv_live_secret_key_123" not in repr(headers)
 
 
+@pytest.mark.slow
+def test_downloads_go_through_the_environments_proxy(
+    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # httpx reads the proxy from the environment; the files client leaves that to it.
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    data = video_bytes("proxied")
+    with header_recorder("127.0.0.1", body=data) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        url = "http://files.example.invalid/out.mp4"  # reachable only through the proxy
+        row = add_task(ledger, ENV, task_row("mvb1-" + "p" * 32, "shot"), urls=[url])
+        endpoint = Endpoint("live", "http://127.0.0.1:9/api/v1", "mv_live_secret_key_123")
+
+        async def go() -> list[Fetched]:
+            async with endpoint.files_client() as client:
+                return await Downloader(ledger, client, output_dir).fetch([row])
+
+        [result] = run(go())
+    assert result.outcome == "downloaded"
+    assert result.sha256 == sha256(data)
+    [headers] = proxy.seen
+    assert headers["host"] == "files.example.invalid"
+    assert "authorization" not in headers
+
+
+async def broken_once(data: bytes, fault: str, asked: list[int | None]) -> asyncio.Server:
+    """A file host on loopback whose first answer stops a third of the way into the body.
+
+    `fault` "cut": it closes the connection there; "stall": it goes silent
+    until the client hangs up. Later requests get the rest, honouring Range.
+    `asked` collects each request's Range start (None: no Range).
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                found = re.search(rb"\r\nrange: bytes=(\d+)-", head, re.IGNORECASE)
+                start = int(found.group(1)) if found else 0
+                asked.append(start if found else None)
+                body = data[start:]
+                status = "200 OK"
+                if found:
+                    where = f"bytes {start}-{len(data) - 1}/{len(data)}"
+                    status = f"206 Partial Content\r\nContent-Range: {where}"
+                writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+                if len(asked) == 1:
+                    writer.write(body[: len(body) // 3])
+                    await writer.drain()
+                    if fault == "stall":
+                        await reader.read()  # until the client gives up and closes
+                    return
+                writer.write(body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection: nothing more to answer
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["cut", "stall"])
+def test_a_body_cut_short_or_stalled_on_a_real_socket_is_resumed(
+    ledger: Ledger, output_dir: Path, fault: str
+) -> None:
+    # Through httpx's own transport: a body shorter than its Content-Length
+    # is an error, not a short file, and a silent host is a read timeout.
+    # Either way the bytes that arrived are kept and the rest is asked for.
+    data = video_bytes("cut", 300_000)
+    asked: list[int | None] = []
+    endpoint = Endpoint("live", "http://127.0.0.1:9/api/v1", "mv_live_secret_key_123")
+
+    async def go() -> Fetched:
+        server = await broken_once(data, fault, asked)
+        port = server.sockets[0].getsockname()[1]
+        url = f"http://127.0.0.1:{port}/out.mp4"
+        row = add_task(ledger, ENV, task_row("mvb1-" + "c" * 32, "shot"), urls=[url])
+        async with server, endpoint.files_client(timeout=0.5) as client:
+            downloader = Downloader(ledger, client, output_dir, backoff=lambda _n: 0.0)
+            [result] = await downloader.fetch([row])
+        return result
+
+    result = run(go())
+    assert result.outcome == "downloaded"
+    assert result.sha256 == sha256(data)
+    assert result.resumed == 1
+    assert asked == [None, len(data) // 3]
+    assert leftovers(output_dir) == []
+
+
 # ---------------------------------------------- faults from the simulator
 
 
@@ -818,14 +907,14 @@ def test_a_file_made_final_while_cancelled_is_still_recorded(
     data = video_bytes("cf")
     server = FileServer({"/out/cf.mp4": data})
     in_final, release = threading.Event(), threading.Event()
-    real_final = download._make_final
+    real_final = partfile._make_final
 
     def slow_final(fd: int, part: Path, dest: Path) -> str:
         in_final.set()
         assert release.wait(10)  # the cancel lands while this thread runs
         return real_final(fd, part, dest)
 
-    monkeypatch.setattr(download, "_make_final", slow_final)
+    monkeypatch.setattr(partfile, "_make_final", slow_final)
 
     async def go() -> None:
         async with server.client() as client:
@@ -874,7 +963,7 @@ def test_writes_are_bounded_system_calls_in_order(
     real_writev = os.writev
 
     def writev(fd: int, buffers: list[Any]) -> int:
-        assert len(buffers) <= download._IOV_MAX
+        assert len(buffers) <= partfile._IOV_MAX
         size = sum(len(b) for b in buffers)
         calls.append(size)
         # Every third call is a short write, as a signal or a full pipe can cause.
@@ -886,11 +975,11 @@ def test_writes_are_bounded_system_calls_in_order(
     path = tmp_path / "out.bin"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT)
     try:
-        download._write_all(fd, chunks)
+        partfile._write_all(fd, chunks)
     finally:
         os.close(fd)
     assert path.read_bytes() == b"".join(chunks)
-    assert max(calls) <= download._WRITE_BYTES
+    assert max(calls) <= partfile._WRITE_BYTES
     assert sum(calls) == len(b"".join(chunks))
 
 
@@ -901,11 +990,11 @@ def test_a_failed_write_ends_the_output_without_a_hole(
     row = succeeded(ledger, "w1")
     data = video_bytes("w1", 3_000_000)
     if where == "worker thread":  # every write is "slow": after the first, they go to threads
-        monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", -1.0)
-        monkeypatch.setattr(download, "_THREAD_BATCH_BYTES", 512 * 1024)
+        monkeypatch.setattr(partfile, "_SLOW_WRITE_SECONDS", -1.0)
+        monkeypatch.setattr(partfile, "_THREAD_BATCH_BYTES", 512 * 1024)
     else:  # no write is "slow", however loaded the machine
-        monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", float("inf"))
-    real_write_all = download._write_all
+        monkeypatch.setattr(partfile, "_SLOW_WRITE_SECONDS", float("inf"))
+    real_write_all = partfile._write_all
     written: list[int] = []
     calls = 0
 
@@ -917,7 +1006,7 @@ def test_a_failed_write_ends_the_output_without_a_hole(
         real_write_all(fd, chunks)
         written.append(sum(len(c) for c in chunks))
 
-    monkeypatch.setattr(download, "_write_all", failing)
+    monkeypatch.setattr(partfile, "_write_all", failing)
     server = FileServer({"/out/w1.mp4": data}, chunk=64 * 1024)
     [result] = run(fetch_all(ledger, server, output_dir, [row]))
     assert result.outcome == "failed"
@@ -927,7 +1016,7 @@ def test_a_failed_write_ends_the_output_without_a_hole(
     assert part.read_bytes() == data[: sum(written)]  # a prefix: nothing after the failure
     assert ledger.outputs(ENV, row.key)[0].path is None
 
-    monkeypatch.setattr(download, "_write_all", real_write_all)
+    monkeypatch.setattr(partfile, "_write_all", real_write_all)
     [again] = run(fetch_all(ledger, server, output_dir, [row]))
     assert again.outcome == "downloaded"
     assert server.requests[-1].headers["range"] == f"bytes={sum(written)}-"
@@ -940,16 +1029,16 @@ def test_a_slow_disk_moves_writes_off_the_event_loop(
 ) -> None:
     rows = [succeeded(ledger, f"s{i}") for i in range(3)]
     data = {f"/out/s{i}.mp4": video_bytes(f"s{i}", 1_500_000) for i in range(3)}
-    monkeypatch.setattr(download, "_SLOW_WRITE_SECONDS", 0.0)  # the first write is too slow
-    monkeypatch.setattr(download, "_THREAD_BATCH_BYTES", 300_000)
+    monkeypatch.setattr(partfile, "_SLOW_WRITE_SECONDS", 0.0)  # the first write is too slow
+    monkeypatch.setattr(partfile, "_THREAD_BATCH_BYTES", 300_000)
     threads: list[str] = []
-    real_write_all = download._write_all
+    real_write_all = partfile._write_all
 
     def recording(fd: int, chunks: list[bytes]) -> None:
         threads.append(threading.current_thread().name)
         real_write_all(fd, chunks)
 
-    monkeypatch.setattr(download, "_write_all", recording)
+    monkeypatch.setattr(partfile, "_write_all", recording)
     server = FileServer(dict(data), chunk=64 * 1024)
     results = run(fetch_all(ledger, server, output_dir, rows))
     assert [r.outcome for r in results] == ["downloaded"] * 3
@@ -971,7 +1060,7 @@ def test_the_transfer_slot_is_free_before_fsync_and_rename(
     server = FileServer({f"/out/o{i}.mp4": video_bytes(f"o{i}") for i in range(3)})
     second_started = threading.Event()
     seen_meanwhile: list[str] = []
-    real_handle, real_final = server.handle, download._make_final
+    real_handle, real_final = server.handle, partfile._make_final
 
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/out/o1.mp4":
@@ -986,21 +1075,7 @@ def test_the_transfer_slot_is_free_before_fsync_and_rename(
         return real_final(fd, part, dest)
 
     monkeypatch.setattr(server, "handle", handle)
-    monkeypatch.setattr(download, "_make_final", final)
+    monkeypatch.setattr(partfile, "_make_final", final)
     results = run(fetch_all(ledger, server, output_dir, rows, concurrency=1))
     assert [r.outcome for r in results] == ["downloaded"] * 3
     assert seen_meanwhile == ["/out/o0.mp4", "/out/o1.mp4"]
-
-
-def test_bodies_are_read_in_larger_pieces_than_httpcores_default(
-    ledger: Ledger, output_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    connection = httpcore.AsyncHTTP11Connection
-    client = httpx.AsyncClient()
-    monkeypatch.setattr(connection, "READ_NUM_BYTES", 64 * 1024)
-    Downloader(ledger, client, output_dir)
-    assert connection.READ_NUM_BYTES == tuning.READ_BYTES
-    monkeypatch.setattr(connection, "READ_NUM_BYTES", 12_345)  # chosen by someone: kept
-    Downloader(ledger, client, output_dir)
-    assert connection.READ_NUM_BYTES == 12_345
-    run(client.aclose())
