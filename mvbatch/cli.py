@@ -8,12 +8,16 @@ folder and a line that says where.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import os
+import shlex
 import sys
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,8 +26,17 @@ from pydantic import ValidationError
 from rich.text import Text
 
 from mvbatch import logs
-from mvbatch.errors import MvbatchError
+from mvbatch.errors import (
+    BudgetError,
+    ConfigError,
+    ExitCode,
+    Interrupted,
+    MvbatchError,
+    UsageError,
+)
+from mvbatch.money import usd
 from mvbatch.settings import Settings, load_settings
+from mvbatch.sim.command import register as register_sim_command
 from mvbatch.ui.terminal import Terminal
 
 EPILOG = """\b
@@ -75,18 +88,24 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except ValidationError as error:
-        from mvbatch.errors import ConfigError
-
         raise ConfigError(f"invalid settings in the environment: {error}") from None
     logs.register_secret(settings.api_key_value())
     return settings
 
 
 def _edge(command: F) -> F:
+    """The one place a command's outcome becomes an exit code.
+
+    A command returns an `ExitCode` (or None for OK); an error of the tree
+    exits with its own; Ctrl-C exits 130; anything else is a bug, written to
+    the log folder, exit 1. (The second Ctrl-C of a run exits 130 at once
+    from `_quit_now`, below.)
+    """
+
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return command(*args, **kwargs)
+            code = command(*args, **kwargs)
         except MvbatchError as error:
             message = Text.assemble(("error:", "bold red"), " ", logs.redact_text(error.message))
             terminal.say(
@@ -101,7 +120,7 @@ def _edge(command: F) -> F:
             raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             terminal.say("interrupted", event="cli.interrupted", level="warning")
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitCode.INTERRUPTED) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception:
@@ -116,7 +135,8 @@ def _edge(command: F) -> F:
                 level="error",
                 crash_log=str(where),
             )
-            raise typer.Exit(1) from None
+            raise typer.Exit(ExitCode.UNFINISHED) from None
+        raise typer.Exit(ExitCode.OK if code is None else code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -150,7 +170,13 @@ def _options(
     global terminal  # noqa: PLW0603 - one terminal per command, see above
     if log_format not in ("auto", "console", "json"):
         raise typer.BadParameter("expected auto, console or json", param_hint="--log-format")
-    terminal = Terminal(sys.stdout, sys.stderr, log_format)  # type: ignore[arg-type]
+    columns = os.environ.get("COLUMNS", "")
+    terminal = Terminal(
+        sys.stdout,
+        sys.stderr,
+        log_format,  # type: ignore[arg-type]
+        columns=int(columns) if columns.isdigit() else None,
+    )
     _LOGGING.update(format=log_format, level="info" if verbose else "warning")
     _configure_logs()
     # The terminal is this command's: once it ends, log events (from a test
@@ -194,9 +220,10 @@ def plan(
     first to learn the real rate). Below it: the totals, the cap and its
     source, and warnings. --json prints every task with its key and state.
     """
+    # Imported here for start-up time: `mvbatch --help` and other commands skip it.
+    from mvbatch.commands.planning import build_plan, ledger_states
     from mvbatch.plan import planfile
     from mvbatch.ui import render
-    from mvbatch.workflow import build_plan, ledger_states
 
     settings = _settings()
     the_plan = build_plan(manifest, settings)
@@ -274,7 +301,7 @@ def run(  # options are keyword-only: Typer passes them by name
             "it keeps running on the server and a later run collects it.",
         ),
     ] = None,
-) -> None:
+) -> ExitCode:
     """Execute a plan: submit each task once, follow it to the end, download the videos.
 
     Live or simulated: with MINDVIDEO_API_KEY set (in the environment, or in
@@ -286,7 +313,7 @@ def run(  # options are keyword-only: Typer passes them by name
     flight are followed, nothing is charged twice. Ctrl-C stops submitting
     and records what was sent; Ctrl-C again quits at once (still safe).
     """
-    _run_command(
+    return _run_command(
         manifest,
         yes=yes,
         max_cost=max_cost,
@@ -297,6 +324,19 @@ def run(  # options are keyword-only: Typer passes them by name
         retry_failed=retry_failed,
         max_wait=max_wait,
     )
+
+
+def _quit_now(resume: str) -> None:
+    """The second Ctrl-C of a run: exit at once. Safe, because every step the
+    run took is a committed transaction and the next run resumes from them."""
+    terminal.say(
+        f"quitting now; resume with: {resume}",
+        event="run.quit",
+        level="warning",
+        style="yellow",
+        resume=resume,
+    )
+    os._exit(ExitCode.INTERRUPTED)
 
 
 def _run_command(
@@ -310,20 +350,17 @@ def _run_command(
     download: bool,
     retry_failed: bool,
     max_wait: float | None = None,
-) -> None:
-    import asyncio
-    import shlex
-
-    from mvbatch import workflow
-    from mvbatch.errors import BudgetError, UsageError
-    from mvbatch.run.executor import check_budget
+) -> ExitCode:
+    # Imported here for start-up time: `mvbatch --help` and other commands skip it.
+    from mvbatch.commands import running
+    from mvbatch.run.budget import check_budget
     from mvbatch.ui import progress, render
 
     if simulate and live:
         raise UsageError("--simulate and --live exclude each other")
     settings = _settings()
     _configure_logs(settings.state_dir / "logs" / "mvbatch.jsonl")
-    prepared = workflow.prepare_run(
+    prepared = running.prepare_run(
         manifest,
         settings,
         simulate=True if simulate else False if live else None,
@@ -342,11 +379,11 @@ def _run_command(
         check = prepared.check
         if check.work == 0 and not download:
             terminal.print("nothing to do: every task is finished")
-            raise typer.Exit(1 if check.failed else 0)
+            return ExitCode.UNFINISHED if check.failed else ExitCode.OK
         if not endpoint.simulated and not yes and check.new + check.retry + check.resume:
             _confirm(check)
         display: Callable[[Any], Any] = lambda ex: progress.Display(terminal, ex.snapshot)  # noqa: E731
-        stopper = workflow.Stopper(
+        stopper = running.Stopper(
             on_first=lambda phase: terminal.say(
                 "stopping the downloads; part files are kept to resume. "
                 "Ctrl-C again to quit at once (still safe)"
@@ -358,16 +395,10 @@ def _run_command(
                 style="yellow",
                 phase=phase,
             ),
-            on_second=lambda: terminal.say(
-                f"quitting now; resume with: {again}",
-                event="run.quit",
-                level="warning",
-                style="yellow",
-                resume=again,
-            ),
+            on_second=lambda: _quit_now(again),
         )
         outcome = asyncio.run(
-            workflow.execute(prepared, download=download, watch=display, stopper=stopper)
+            running.execute(prepared, download=download, watch=display, stopper=stopper)
         )
     finally:
         prepared.close()
@@ -381,13 +412,14 @@ def _run_command(
         for text in outcome.report.summary():
             terminal.print(text, highlight=False)
     if result.interrupted:
-        raise typer.Exit(130)
+        return ExitCode.INTERRUPTED
     if result.held:
-        raise typer.Exit(BudgetError.exit_code)
+        return ExitCode.BUDGET
     if result.failed or result.pending:
-        raise typer.Exit(1)
+        return ExitCode.UNFINISHED
     if download and outcome.report is not None and not outcome.report.complete:
-        raise typer.Exit(1)
+        return ExitCode.UNFINISHED
+    return ExitCode.OK
 
 
 def _say_mode(settings: Settings, endpoint: Any, *, simulate: bool, live: bool) -> None:
@@ -416,10 +448,6 @@ def _say_mode(settings: Settings, endpoint: Any, *, simulate: bool, live: bool) 
 
 
 def _usd_option(text: str | None) -> Any:
-    from decimal import Decimal, InvalidOperation
-
-    from mvbatch.errors import UsageError
-
     if text is None:
         return None
     try:
@@ -434,10 +462,8 @@ def _usd_option(text: str | None) -> Any:
 
 
 def _confirm(check: Any) -> None:
-    from mvbatch.errors import BudgetError, Interrupted
-
-    question = f"Submit for real? projected {check.projected:.4f} USD" + (
-        f" (cap {check.cap:.4f} USD)" if check.cap is not None else ""
+    question = f"Submit for real? projected {usd(check.projected)}" + (
+        f" (cap {usd(check.cap)})" if check.cap is not None else ""
     )
     if not sys.stdin.isatty():
         raise BudgetError(
@@ -468,10 +494,11 @@ def status(
     Before the first run it shows the plan's tasks as left, with their
     estimate. Like `plan`, it reads only reference videos' MP4 headers.
     """
-    from mvbatch import workflow
+    # Imported here for start-up time: `mvbatch --help` and other commands skip it.
+    from mvbatch.commands.status import status_document
     from mvbatch.ui import progress
 
-    document = workflow.status_document(manifest, _settings())
+    document = status_document(manifest, _settings())
     if as_json:
         terminal.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     else:
@@ -487,28 +514,24 @@ def report(
     no_download: Annotated[
         bool, typer.Option("--no-download", help="Write the reports without fetching videos.")
     ] = False,
-) -> None:
+) -> ExitCode:
     """Write report.json/csv/md/html from the ledger, fetching any videos not yet on disk."""
-    from mvbatch.report.model import report_command
+    # Imported here for start-up time: `mvbatch --help` and other commands skip it.
+    from mvbatch.commands.reporting import report_manifest
 
-    result = report_command(_settings(), manifest, download=not no_download)
+    result = report_manifest(manifest, _settings(), download=not no_download)
     for line in result.summary():
         terminal.print(line, highlight=False)
     counts = result.report.counts
     unfinished = sum(counts.get(s, 0) for s in ("failed", "cancelled", "pending", "rejected"))
     missing = result.report.download_totals["missing"]
     if unfinished or (missing and not no_download):
-        raise typer.Exit(1)
+        return ExitCode.UNFINISHED
+    return ExitCode.OK
 
 
-def _register_sim() -> None:
-    # The simulator contributes its own command; it imports nothing of ours.
-    from mvbatch.sim.command import register
-
-    register(app)
-
-
-_register_sim()
+# The simulator contributes its own command; it imports nothing of ours.
+register_sim_command(app)
 
 
 def main() -> None:

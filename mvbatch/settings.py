@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_BASE_URL = "https://api.mindvideo.ai/api/v1"
 ENV_FILE = Path(".env")
 KEY_VARIABLE = "MINDVIDEO_API_KEY"
+SIM_SPEED_VARIABLE = "MVBATCH_SIM_SPEED"
 
 
 class Settings(BaseSettings):
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
     )
     output_dir: Path = Field(
         default=Path("outputs"), validation_alias=AliasChoices("MVBATCH_OUTPUT_DIR", "output_dir")
+    )
+    # Divides the built-in simulator's latencies (0: tasks end when created);
+    # the demo runs at 1, tests at 0.
+    sim_speed: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        validation_alias=AliasChoices(SIM_SPEED_VARIABLE, "sim_speed"),
     )
 
     def key_source(self) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_internal_error_writes_a_redacted_crash_log(
     def explode(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError(f"unexpected with {SECRET}")
 
-    monkeypatch.setattr("mvbatch.workflow.build_plan", explode)
+    monkeypatch.setattr("mvbatch.commands.planning.build_plan", explode)
     manifest = tmp_path / "m.toml"
     manifest.write_text('name = "m"\n[[shots]]\nid = "a"\nmodel = "kling-v2-6"\nprompt = "p"\n')
     result = CliRunner().invoke(app, ["plan", str(manifest)])
@@ -95,7 +96,7 @@ def test_confirmation_prompt_abort_maps_to_contract_codes(
 
     monkeypatch.setattr("typer.confirm", prompt)
     with pytest.raises(MvbatchError) as caught:
-        cli._confirm(SimpleNamespace(projected=1, cap=None))
+        cli._confirm(SimpleNamespace(projected=Decimal(1), cap=None))
     assert caught.value.exit_code == exit_code
 
 

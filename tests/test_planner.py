@@ -233,7 +233,7 @@ def test_motion_control_is_priced_by_the_local_reference_length(tmp_path: Path) 
     write_mp4(tmp_path / "ref.mp4", 6)
     import httpx
 
-    from mvbatch.workflow import reference_probe
+    from mvbatch.commands.planning import reference_probe
 
     with httpx.Client() as client:
         planned = _plan(
@@ -249,7 +249,7 @@ def test_motion_control_reference_too_long_for_orientation(tmp_path: Path) -> No
     write_mp4(tmp_path / "ref.mp4", 12)
     import httpx
 
-    from mvbatch.workflow import reference_probe
+    from mvbatch.commands.planning import reference_probe
 
     with httpx.Client() as client, pytest.raises(ManifestError) as caught:
         _plan(

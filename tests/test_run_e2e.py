@@ -27,7 +27,7 @@ from run_helpers import (
 )
 from sim_helpers import running_sim
 
-from mvbatch.ledger.store import Ledger
+from mvbatch.ledger import SqliteLedger, open_ledger
 
 PRO = {"mode": "pro", "duration": 5, "size": "16:9"}
 
@@ -51,7 +51,7 @@ def manifest(tmp_path: Path) -> Path:
 
 
 def keys_of(state: Path, name: str = "e2e", env: str = "live") -> dict[str, str]:
-    with Ledger(state) as ledger:
+    with open_ledger(state) as ledger:
         return {row.key: row.status for row in ledger.tasks(env, name)}
 
 
@@ -86,7 +86,7 @@ def test_every_task_done_and_charged_exactly_once(tmp_path: Path, faults: str) -
     assert charges
     assert set(charges.values()) == {1}, charges
     assert stats["billing"]["without_idempotency_key"]["charges"] == 0
-    with Ledger(tmp_path / "state") as ledger:
+    with SqliteLedger(tmp_path / "state") as ledger:
         submit_keys = {row.submit_key for row in ledger.tasks("live", "e2e")}
         assert ledger.integrity_check() == "ok"
     assert submit_keys <= set(charges)  # the final attempt of each task was charged once

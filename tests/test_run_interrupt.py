@@ -12,20 +12,20 @@ from typing import Any
 import pytest
 from run_helpers import write_manifest
 
-from mvbatch import workflow
-from mvbatch.ledger.store import Ledger
-from mvbatch.report import model as report
+from mvbatch.commands import running
+from mvbatch.ledger import open_ledger
+from mvbatch.report import command as report
 from mvbatch.settings import Settings
 from mvbatch.ui import progress
 
 
-def prepared_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> workflow.PreparedRun:
-    monkeypatch.setenv(workflow.SIM_SPEED_VARIABLE, "0")  # tasks end as soon as created
+def prepared_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> running.PreparedRun:
+    monkeypatch.setenv("MVBATCH_SIM_SPEED", "0")  # tasks end as soon as created
     path = write_manifest(
         tmp_path, "ctrlc", [{"id": "a", "prompt": "a fox"}, {"id": "b", "prompt": "a crow"}]
     )
     settings = Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "out")
-    return workflow.prepare_run(
+    return running.prepare_run(
         path, settings, simulate=True, max_cost=None, concurrency=2, retry_failed=False
     )
 
@@ -45,10 +45,10 @@ def test_one_ctrl_c_during_the_final_downloads_stops_them(
     monkeypatch.setattr(report, "finish_run", downloads_that_never_end)
     phases: list[str] = []
     seconds: list[bool] = []
-    stopper = workflow.Stopper(on_first=phases.append, on_second=lambda: seconds.append(True))
+    stopper = running.Stopper(on_first=phases.append, on_second=lambda: seconds.append(True))
     prepared = prepared_run(tmp_path, monkeypatch)
     try:
-        outcome = asyncio.run(workflow.execute(prepared, download=True, stopper=stopper))
+        outcome = asyncio.run(running.execute(prepared, download=True, stopper=stopper))
     finally:
         prepared.close()
 
@@ -62,7 +62,7 @@ def test_one_ctrl_c_during_the_final_downloads_stops_them(
     said = progress.result_view(outcome.result, "mvbatch run ctrlc.toml").plain
     assert "interrupted during the downloads" in said
     assert "Resume with: mvbatch run ctrlc.toml" in said
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         run = ledger.last_run("ctrlc")
     assert run is not None
     assert run["outcome"] == "interrupted"
@@ -85,7 +85,7 @@ def test_downloads_cancelled_from_outside_propagate(
     prepared = prepared_run(tmp_path, monkeypatch)
 
     async def main() -> None:
-        run = asyncio.ensure_future(workflow.execute(prepared, download=True))
+        run = asyncio.ensure_future(running.execute(prepared, download=True))
         assert await asyncio.to_thread(reached.wait, 30)  # the executor is done
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -95,7 +95,7 @@ def test_downloads_cancelled_from_outside_propagate(
         asyncio.run(main())
     finally:
         prepared.close()
-    with Ledger(tmp_path / "state") as ledger:
+    with open_ledger(tmp_path / "state") as ledger:
         last = ledger.last_run("ctrlc")
         assert last is not None
         assert last["outcome"] == "interrupted"  # not "succeeded": the downloads never ended

@@ -15,6 +15,8 @@ import mimetypes
 from dataclasses import dataclass
 from pathlib import Path
 
+from mvbatch.errors import FileChangedError, MediaError
+
 # The API documentation accepts "compact data URIs depending on model
 # constraints" without a number. These caps are our assumption, chosen so that
 # a request stays well under the request sizes HTTP front ends commonly allow;
@@ -46,18 +48,8 @@ class LocalFile:
         if hashlib.sha256(data).hexdigest() != self.sha256:
             # The file changed after planning: sending it would submit content
             # the key does not describe, so the run must stop instead.
-            raise FileChangedError(self)
+            raise FileChangedError(self.display)
         return f"data:{self.media_type};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-class FileChangedError(Exception):
-    def __init__(self, file: LocalFile) -> None:
-        super().__init__(f"{file.display} changed since it was planned; plan again")
-        self.file = file
-
-
-class MediaError(Exception):
-    """A local file that cannot be used; the message says why and what to do."""
 
 
 def media_type_of(path: Path) -> str:

@@ -17,13 +17,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from mvbatch.errors import ManifestError, Problem
+from mvbatch.errors import ManifestError, MediaError, Problem
+from mvbatch.money import total
 from mvbatch.plan import catalog, matrix, media
 from mvbatch.plan.catalog import Model
 from mvbatch.plan.keys import canonical_json, task_key_from_text
 from mvbatch.plan.manifest import LoadedManifest, Shot
 from mvbatch.plan.mp4 import ProbeResult
-from mvbatch.plan.pricing import Estimate, PriceBook, total
+from mvbatch.plan.pricing import Estimate, PriceBook
 
 PORTABLE_ASPECT = "aspect_ratio"
 Variant = tuple[tuple[str, Any], ...]
@@ -273,7 +274,7 @@ def _resolve(
 
 
 class _MediaAt(Exception):
-    def __init__(self, error: media.MediaError, path: tuple[str | int, ...]) -> None:
+    def __init__(self, error: MediaError, path: tuple[str | int, ...]) -> None:
         super().__init__(str(error))
         self.error, self.path = error, path
 
@@ -289,7 +290,7 @@ def _resolve_media(b: _Builder, model: Model, value: Any, path: tuple[str | int,
             return value  # "@" in a prompt or a non-media field is just text
         try:
             return media.resolve(value, b.loaded.path.parent, kind, b.files)
-        except media.MediaError as error:
+        except MediaError as error:
             raise _MediaAt(error, path) from None
     return value
 

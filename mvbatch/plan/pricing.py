@@ -16,6 +16,7 @@ from functools import cache
 from typing import Any, Literal
 
 from mvbatch import schemas
+from mvbatch.money import normalize
 from mvbatch.plan.catalog import Model
 from mvbatch.plan.keys import canonical_json
 
@@ -114,15 +115,3 @@ class PriceBook:
 def learn_rate(cost_estimate: Decimal, seconds: Decimal) -> Decimal:
     """The per-second rate implied by a server's estimate for a task of known length."""
     return normalize((cost_estimate / seconds).quantize(Decimal("1e-10"), rounding=ROUND_HALF_UP))
-
-
-def normalize(value: Decimal) -> Decimal:
-    """Drop trailing zeros without switching to exponent notation (0E-6 -> 0)."""
-    if value == 0:
-        return Decimal(0)
-    normalized = value.normalize()
-    return normalized.quantize(Decimal(1)) if normalized == normalized.to_integral() else normalized
-
-
-def total(values: list[Decimal]) -> Decimal:
-    return normalize(sum(values, Decimal(0)))

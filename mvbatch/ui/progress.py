@@ -20,28 +20,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from mvbatch.run.executor import Preflight, RunResult, Snapshot
+from mvbatch.ledger.charges import failures_by_charge
+from mvbatch.money import duration, total, usd
+from mvbatch.run.budget import Preflight
+from mvbatch.run.results import RunResult, Snapshot
 from mvbatch.ui.terminal import Terminal
 
 PLAIN_INTERVAL = 5.0  # seconds between progress lines without a terminal
 LIVE_INTERVAL = 0.25  # seconds between redraws of the live panel
-
-
-def money(value: Decimal | None) -> str:
-    return "—" if value is None else f"${value:,.4f}"
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = max(0, int(seconds + 0.5))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def _counts(snapshot: Snapshot) -> dict[str, int]:
@@ -65,9 +51,9 @@ def line(snapshot: Snapshot) -> str:
         for name, value in counts.items()
         if value or name in ("queued", "processing", "succeeded", "failed")
     ]
-    spend = f"spent {money(snapshot.spent)}, committed {money(snapshot.committed)}"
+    spend = f"spent {usd(snapshot.spent)}, committed {usd(snapshot.committed)}"
     if snapshot.cap is not None:
-        spend += f" of {money(snapshot.cap)}"
+        spend += f" of {usd(snapshot.cap)}"
     eta = f", eta {duration(snapshot.eta)}" if snapshot.eta else ""
     return (
         f"[{duration(snapshot.elapsed)}] {snapshot.manifest}: "
@@ -89,10 +75,10 @@ def panel(snapshot: Snapshot) -> RenderableType:
     title.append(f"  {done}/{snapshot.total} finished", "")
     if snapshot.simulated:
         title.append("  (simulator)", "cyan")
-    spend = Text(f"spent {money(snapshot.spent)}, committed {money(snapshot.committed)}")
+    spend = Text(f"spent {usd(snapshot.spent)}, committed {usd(snapshot.committed)}")
     if snapshot.cap is not None:
         share = float(snapshot.committed / snapshot.cap) if snapshot.cap else 1.0
-        spend.append(f" of {money(snapshot.cap)} ({share:.0%})", "yellow" if share > 0.9 else "")
+        spend.append(f" of {usd(snapshot.cap)} ({share:.0%})", "yellow" if share > 0.9 else "")
     spend.append(
         f"   in flight ≤ {snapshot.concurrency}"
         + (
@@ -208,7 +194,7 @@ class Display:
 # preflight names committed, projected, "at least" and the spent/committed of
 # the progress lines; the run summary and `status` name what they add. A task
 # that did not succeed says what it cost: "rejected (not charged)", "failed
-# (charged $0.0414)", "failed (not charged)" (render.status_words).
+# (charged $0.0414)", "failed (not charged)" (ledger.charges.status_words).
 
 if TYPE_CHECKING:
     from mvbatch.report.model import Report
@@ -218,11 +204,11 @@ def preflight_view(check: Preflight, simulated: bool) -> RenderableType:
     lines = Text()
     todo = []
     if check.new:
-        todo.append(f"{check.new} to submit (estimated {money(check.new_cost)})")
+        todo.append(f"{check.new} to submit (estimated {usd(check.new_cost)})")
     if check.retry:
         todo.append(
             f"{check.retry} failed to submit again as new tasks (--retry-failed: each goes "
-            f"under a new key and is charged as a new task; estimated {money(check.retry_cost)})"
+            f"under a new key and is charged as a new task; estimated {usd(check.retry_cost)})"
         )
     if check.resume:
         todo.append(f"{check.resume} to re-send under their keys (no new charge)")
@@ -237,21 +223,21 @@ def preflight_view(check: Preflight, simulated: bool) -> RenderableType:
         )
     lines.append("run: " + ("; ".join(todo) or "nothing to do"))
     lines.append(
-        f"\ncommitted so far {money(check.committed)} (committed = what this manifest's tasks "
+        f"\ncommitted so far {usd(check.committed)} (committed = what this manifest's tasks "
         "count for against the cap: the charge of each finished task, the server's estimate "
         "of each one still running, ours until it answers)"
     )
     lines.append(
-        f"\nprojected {money(check.projected)} (committed so far + the estimates of the tasks "
+        f"\nprojected {usd(check.projected)} (committed so far + the estimates of the tasks "
         "to submit)"
     )
     if check.cap is not None:
-        lines.append(f", cap {money(check.cap)}")
+        lines.append(f", cap {usd(check.cap)}")
     if simulated:
         lines.append("  (simulated: nothing is charged)", "cyan")
     if check.floor != check.projected:
         lines.append(
-            f"\nat least {money(check.floor)} (the least this run commits before it knows the "
+            f"\nat least {usd(check.floor)} (the least this run commits before it knows the "
             "assumed prices: committed so far + the tasks whose price is documented or learned "
             "+ one task of each assumed-price tier, which goes alone first to learn its real "
             "rate)"
@@ -280,8 +266,6 @@ def result_view(result: RunResult, command: str, *, report: Report | None = None
     Without it (an interrupted run) the words come from the counts alone:
     a rejected task is never charged, a failed one may have been.
     """
-    from mvbatch.plan.pricing import total
-    from mvbatch.ui.render import failures_by_charge
 
     counts = result.counts
     entries = {t.key: t for t in report.tasks} if report is not None else {}
@@ -302,9 +286,9 @@ def result_view(result: RunResult, command: str, *, report: Report | None = None
             text.append(f", {counts['rejected']} rejected (not charged)", "red")
     if result.pending:
         text.append(f", {result.pending} not finished")
-    text.append(f" of {result.total}; spent {money(result.spent)}")
+    text.append(f" of {result.total}; spent {usd(result.spent)}")
     if result.cap is not None:
-        text.append(f", committed {money(result.committed)} of the {money(result.cap)} cap")
+        text.append(f", committed {usd(result.committed)} of the {usd(result.cap)} cap")
     if result.simulated:
         text.append(" (simulated: nothing is charged)", "cyan")
     text.append(f"; {result.submitted} submitted by this run in {duration(result.elapsed)}")
@@ -343,7 +327,7 @@ def result_view(result: RunResult, command: str, *, report: Report | None = None
         )
         if known:
             hint += (
-                f": about {money(total([t.estimate_local for t in failed]))} in all at the "
+                f": about {usd(total([t.estimate_local for t in failed]))} in all at the "
                 "plan's estimates"
             )
             if any(t.charge is not None and t.charge.kind == "charged" for t in failed):
@@ -385,21 +369,22 @@ def status_view(doc: Mapping[str, Any]) -> RenderableType:
     spend = doc["spend"]
     text = Text()
     text.append(
-        f"charged {_usd(spend['actual'])} (by the server, failed tasks included), "
-        f"committed {_usd(spend['committed'])} (charged + the server's estimates of tasks it "
-        "has not charged yet, ours until it answers)"
+        f"charged {usd(_decimal(spend['actual']))} (by the server, failed tasks included), "
+        f"committed {usd(_decimal(spend['committed']))} (charged + the server's estimates of "
+        "tasks it has not charged yet, ours until it answers)"
     )
     if doc.get("max_usd") is not None:
         text.append(
-            f"\ncap {_usd(doc['max_usd'])} (the manifest's [budget] max_usd; a run's --max-cost "
-            f"can lower it), budget left {_usd(doc['budget_left'])} (cap − committed)"
+            f"\ncap {usd(_decimal(doc['max_usd']))} (the manifest's [budget] max_usd; a run's "
+            f"--max-cost can lower it), budget left {usd(_decimal(doc['budget_left']))} "
+            "(cap − committed)"
         )
     else:
         text.append("\nno cap (set [budget] max_usd in the manifest, or run with --max-cost)")
     left = doc["left"]
     text.append(
         f"\nleft: {left['tasks']} task(s) not finished (not submitted yet, or in flight), "
-        f"estimated {_usd(left['cost_estimate'])} (the server's estimate once submitted, "
+        f"estimated {usd(_decimal(left['cost_estimate']))} (the server's estimate once submitted, "
         "the plan's before)"
     )
     plan = doc.get("plan")
@@ -428,5 +413,6 @@ def status_view(doc: Mapping[str, Any]) -> RenderableType:
     return Group(table, text)
 
 
-def _usd(value: float | None) -> str:
-    return "—" if value is None else f"${value:,.4f}"
+def _decimal(value: float | None) -> Decimal | None:
+    """An amount read back from a JSON-ready document (`status --json`)."""
+    return None if value is None else Decimal(str(value))

@@ -10,8 +10,7 @@ every view shares: dollars (`usd`), and what a task that did not succeed cost
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -19,8 +18,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mvbatch.money import json_number, total, usd
 from mvbatch.plan.planner import Plan, PlannedTask
-from mvbatch.plan.pricing import normalize, total
 
 STATES = ("new", "in_flight", "done", "failed")
 STATE_WORDS = {
@@ -29,27 +28,6 @@ STATE_WORDS = {
     "done": "done",
     "failed": "failed",
 }
-
-
-def money(value: Decimal | None) -> str:
-    return "—" if value is None else f"${value:,.4f}"
-
-
-def json_number(value: Decimal | None) -> float | None:
-    # float() of a Decimal gives the shortest decimal that round-trips, so
-    # 0.0414 prints as 0.0414: exact at the edge, Decimal everywhere inside.
-    return None if value is None else float(value)
-
-
-def usd(value: Decimal | None) -> str:
-    """Dollars with as many decimals as the amount has (2 to 6): $0.0414, $0.11574, $2.00."""
-    if value is None:
-        return "—"
-    value = normalize(value)
-    exponent = value.as_tuple().exponent
-    places = min(6, max(2, -exponent if isinstance(exponent, int) else 2))
-    sign = "-" if value < 0 else ""
-    return f"{sign}${abs(value):,.{places}f}"
 
 
 # ------------------------------------------------------------ the cap
@@ -61,99 +39,13 @@ def cap_text(max_usd: Decimal | None, max_cost: Decimal | None = None) -> str:
     if max_usd is None and max_cost is None:
         return "no cap (set [budget] max_usd in the manifest, or run with --max-cost)"
     if max_usd is None:
-        return f"cap {money(max_cost)} (--max-cost)"
+        return f"cap {usd(max_cost)} (--max-cost)"
     if max_cost is None:
-        return f"cap {money(max_usd)} ({manifest})"
+        return f"cap {usd(max_usd)} ({manifest})"
     if max_cost < max_usd:
-        return f"cap {money(max_cost)} (--max-cost; {manifest} is {money(max_usd)})"
+        return f"cap {usd(max_cost)} (--max-cost; {manifest} is {usd(max_usd)})"
     relation = "is higher" if max_cost > max_usd else "is the same"
-    return f"cap {money(max_usd)} ({manifest}; --max-cost {money(max_cost)} {relation})"
-
-
-# ------------------------------------------- what a failed task cost, in words
-#
-# The same words everywhere a person reads about a failed task (the run
-# summary, `status`, the reports), so that they know which retries cost money:
-# "rejected (not charged)" for a request the server refused before creating a
-# task, "failed (charged $0.0414)" or "failed (not charged)" when the server
-# said what it charged, and "failed (charge unknown; ...)" when it did not.
-
-FAILED_STATUSES = ("failed", "cancelled", "rejected")
-CHARGE_ORDER = ("charged", "unknown", "not_charged")
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """What a task that did not succeed cost, as far as the ledger knows.
-
-    `kind`: `charged` (the server's cost_actual is above zero: `usd`),
-    `not_charged` (rejected before a task existed, or a cost_actual of zero),
-    `unknown` (no cost_actual: `usd` is the server's estimate, which the ledger
-    keeps counting against the cap because it cannot know of a refund).
-    """
-
-    kind: str
-    usd: Decimal = Decimal(0)
-
-
-def charge_of(
-    status: str, cost_actual: Decimal | None, cost_estimate_server: Decimal | None
-) -> Charge | None:
-    """The charge of a failed, cancelled or rejected task; None for any other status."""
-    if status == "rejected":
-        return Charge("not_charged")
-    if status not in FAILED_STATUSES:
-        return None
-    if cost_actual is not None:
-        return Charge("charged", cost_actual) if cost_actual > 0 else Charge("not_charged")
-    return Charge("unknown", cost_estimate_server or Decimal(0))
-
-
-def status_words(status: str, charge: Charge | None) -> str:
-    """`failed (charged $0.0414)`, `rejected (not charged)`; other statuses as they are."""
-    if charge is None:
-        return status
-    if charge.kind == "charged":
-        return f"{status} (charged {usd(charge.usd)})"
-    if charge.kind == "not_charged":
-        return f"{status} (not charged)"
-    if charge.usd:
-        return f"{status} (charge unknown; its estimate {usd(charge.usd)} counts against the cap)"
-    return f"{status} (charge unknown)"
-
-
-def failures_by_charge(
-    items: Iterable[tuple[str, Charge | None]],
-) -> list[dict[str, Any]]:
-    """Failed, cancelled and rejected tasks grouped by status and charge, with their words.
-
-    `items` are (status, charge) pairs, one per task; tasks without a charge
-    (not failed) are skipped. Each group: `status`, `charge` (its kind),
-    `tasks`, `usd` (charged, or still counted when unknown) and `text`, the
-    words for them all: "failed (charged $0.0828)" for two tasks charged in all
-    $0.0828.
-    """
-    groups: dict[tuple[str, str], list[Decimal]] = defaultdict(list)
-    for status, charge in items:
-        if charge is not None:
-            groups[(status, charge.kind)].append(charge.usd)
-    found = []
-    for status in FAILED_STATUSES:
-        for kind in CHARGE_ORDER:
-            amounts = groups.get((status, kind))
-            if not amounts:
-                continue
-            amount = total(amounts)
-            found.append(
-                {
-                    "status": status,
-                    "charge": kind,
-                    "tasks": len(amounts),
-                    "usd": json_number(amount),
-                    "text": status_words(status, Charge(kind, amount)),
-                }
-            )
-    return found
+    return f"cap {usd(max_usd)} ({manifest}; --max-cost {usd(max_cost)} {relation})"
 
 
 def plan_document(plan: Plan, states: Mapping[str, str]) -> dict[str, Any]:
@@ -225,12 +117,12 @@ def plan_view(
             str(len(variants)),
             str(len(tasks)),
             str(to_submit),
-            money(total([t.estimate.cost for t in tasks])),
+            usd(total([t.estimate.cost for t in tasks])),
             Text(source_text, style="yellow" if "assumed" in sources else ""),
         )
     counts = Counter(states.get(t.key, "new") for t in plan.tasks)
     summary = Text()
-    summary.append(f"{len(plan.tasks)} tasks, estimated {money(plan.cost_estimate)}", "bold")
+    summary.append(f"{len(plan.tasks)} tasks, estimated {usd(plan.cost_estimate)}", "bold")
     summary.append(
         " (each task's rate from the price table × its seconds of video; once a task is "
         "submitted, the server's own estimate replaces ours)"

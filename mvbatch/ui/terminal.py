@@ -17,7 +17,6 @@ Must not: decide what is said (the CLI and `progress` do), or read settings.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -63,10 +62,10 @@ class RedactingStream:
         return str(getattr(self.target, "encoding", None) or "utf-8")
 
 
-def _console(stream: TextIO) -> Console:
+def _console(stream: TextIO, columns: int | None) -> Console:
     wrapped = RedactingStream(stream)
-    width = None
-    if not wrapped.isatty() and not os.environ.get("COLUMNS", "").isdigit():
+    width = columns
+    if width is None and not wrapped.isatty():
         width = PIPE_WIDTH
     return Console(file=wrapped, soft_wrap=True, width=width)  # type: ignore[arg-type]
 
@@ -81,11 +80,18 @@ class Terminal:
     parse prose.
     """
 
-    def __init__(self, stdout: TextIO, stderr: TextIO, log_format: LogFormat = "auto") -> None:
+    def __init__(
+        self,
+        stdout: TextIO,
+        stderr: TextIO,
+        log_format: LogFormat = "auto",
+        columns: int | None = None,
+    ) -> None:
+        """`columns`: a width the user asked for (COLUMNS); else the terminal's, or wide."""
         self.stdout = RedactingStream(stdout)
         self.stderr = RedactingStream(stderr)
-        self.out = _console(stdout)
-        self.err = _console(stderr)
+        self.out = _console(stdout, columns)
+        self.err = _console(stderr, columns)
         self.json = log_format == "json"
 
     @property

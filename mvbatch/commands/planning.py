@@ -1,0 +1,100 @@
+"""A plan as the commands build it: documented rates plus what the ledger learned.
+
+Owns: the price book for a plan (documented rates and those this ledger
+learned from the server), the reference-video probe (MP4 headers only, no
+Authorization), which side of the ledger (live or sim) a command speaks of,
+the plan's tasks as ledger rows, and their states in the ledger.
+Must not: send anything but the header requests of reference videos.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from mvbatch.ledger import learned_rates as ledger_rates
+from mvbatch.ledger import plan_states
+from mvbatch.plan import manifest, media, mp4, planfile
+from mvbatch.plan.planner import Plan, ReferenceProbe, plan
+from mvbatch.plan.pricing import PriceBook
+from mvbatch.settings import Settings
+
+PROBE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+
+
+def reference_probe(client: httpx.Client) -> ReferenceProbe:
+    """Reads a reference video's length once per file or URL, header bytes only."""
+    seen: dict[str, mp4.ProbeResult] = {}
+
+    def probe(reference: media.LocalFile | str) -> mp4.ProbeResult:
+        if isinstance(reference, media.LocalFile):
+            return mp4.probe_local(reference.path)
+        if reference not in seen:
+            if reference.startswith("data:"):
+                seen[reference] = mp4.probe_data_uri(reference)
+            elif reference.startswith(("http://", "https://")):
+                seen[reference] = mp4.probe_url_sync(client, reference)
+            else:
+                seen[reference] = mp4.ProbeResult(None, detail="not an http(s) or data: URL")
+        return seen[reference]
+
+    return probe
+
+
+def build_plan(path: Path, settings: Settings, env: str | None = None) -> Plan:
+    target = path
+    reviewed: tuple[str, list[str]] | None = None
+    if path.suffix == ".toml" and planfile.is_plan_file(path):
+        target, sha, keys = planfile.read(path)
+        reviewed = (sha, keys)
+    loaded = manifest.load(target)
+    # No Authorization header here: reference videos live on other hosts.
+    with httpx.Client(timeout=PROBE_TIMEOUT, follow_redirects=True) as client:
+        result = plan(loaded, PriceBook(learned_rates(settings, env)), reference_probe(client))
+    if reviewed is not None:
+        planfile.check_unchanged(path, result, *reviewed)
+    return result
+
+
+def default_env(settings: Settings) -> str:
+    """Which side of the ledger a command without --simulate/--live speaks of."""
+    return "live" if settings.api_key_value() else "sim"
+
+
+def learned_rates(settings: Settings, env: str | None = None) -> Mapping[str, Decimal]:
+    return ledger_rates(settings.state_dir, env or default_env(settings))
+
+
+def ledger_states(the_plan: Plan, settings: Settings, env: str | None = None) -> Mapping[str, str]:
+    return plan_states(
+        settings.state_dir,
+        the_plan.name,
+        [t.key for t in the_plan.tasks],
+        env or default_env(settings),
+    )
+
+
+def planned_rows(the_plan: Plan) -> list[dict[str, Any]]:
+    """The plan's tasks as ledger rows (`Ledger.ensure_tasks`)."""
+    return [
+        {
+            "key": t.key,
+            "manifest": t.manifest,
+            "shot": t.shot,
+            "shots": list(t.shots),
+            "variant": dict(t.variant),
+            "take": t.take,
+            "model": t.model,
+            "input": t.public_input(),
+            "price_class": t.estimate.price_class,
+            "seconds": t.estimate.seconds,
+            "upper_bound": t.estimate.upper_bound,
+            "estimate_local": t.estimate.cost,
+            "estimate_source": t.estimate.source,
+        }
+        for t in the_plan.tasks
+    ]

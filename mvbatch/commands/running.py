@@ -1,0 +1,282 @@
+"""`run`: prepared without a request, then executed with the downloads and the reports.
+
+Owns: preparing a run (endpoint chosen, plan built, ledger opened, budget
+checked) so that the CLI can show the plan, refuse or ask before anything is
+sent; executing it (the executor, then the downloads catching up, then the
+reports) and recording the run's outcome; what Ctrl-C does (`Stopper`).
+Must not: print (the CLI watches through `watch` and `Stopper`'s callbacks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from mvbatch import logs
+from mvbatch.api.client import ApiClient, pool_size
+from mvbatch.api.endpoint import Endpoint, choose
+from mvbatch.commands.planning import build_plan, planned_rows
+from mvbatch.downloads.fetch import Downloader
+from mvbatch.errors import MvbatchError, UsageError
+from mvbatch.ledger import Ledger, TaskRow, open_ledger
+from mvbatch.plan.planner import Plan
+from mvbatch.report import command as report
+from mvbatch.report.command import ReportResult
+from mvbatch.run.budget import Preflight, effective_cap, preflight
+from mvbatch.run.concurrency import MAX_CONCURRENCY
+from mvbatch.run.executor import Executor
+from mvbatch.run.follow import DEFAULT_MAX_WAIT
+from mvbatch.run.results import RunResult
+from mvbatch.settings import Settings
+
+log = logs.get("mvbatch.commands.running")
+
+# ------------------------------------------------------------------ run and status
+#
+# `run` is prepared without a single request (endpoint chosen, plan built,
+# ledger opened, budget checked), so that the CLI can show the plan, refuse
+# or ask, and only then `execute` it.
+
+
+@dataclass
+class PreparedRun:
+    settings: Settings
+    endpoint: Endpoint
+    plan: Plan
+    ledger: Ledger
+    check: Preflight
+    cap: Decimal | None
+    concurrency: int
+    retry_failed: bool
+    max_wait: float | None  # seconds a run follows a task that has not ended; None: forever
+    rows: dict[str, TaskRow] = field(default_factory=dict)
+    max_cost: Decimal | None = None  # --max-cost, shown beside the manifest's max_usd
+
+    @property
+    def states(self) -> dict[str, str]:
+        return {key: row.plan_state for key, row in self.rows.items()}
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def prepare_run(
+    path: Path,
+    settings: Settings,
+    *,
+    simulate: bool | None,
+    max_cost: Decimal | None,
+    concurrency: int,
+    retry_failed: bool,
+    max_wait_minutes: float | None = None,
+) -> PreparedRun:
+    """Everything `run` needs before its first request; makes none."""
+
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise UsageError(
+            f"--concurrency must be between 1 and {MAX_CONCURRENCY}; got {concurrency}"
+        )
+    if max_cost is not None and max_cost <= 0:
+        raise UsageError(f"--max-cost must be a positive amount of US dollars; got {max_cost}")
+    if max_wait_minutes is not None and not 0 < max_wait_minutes < float("inf"):
+        raise UsageError(f"--max-wait must be a positive number of minutes; got {max_wait_minutes}")
+    max_wait = DEFAULT_MAX_WAIT if max_wait_minutes is None else max_wait_minutes * 60
+    speed = settings.sim_speed
+    endpoint = choose(settings, simulate, sim_speed=speed)
+    the_plan = build_plan(path, settings, endpoint.env)
+    ledger = open_ledger(settings.state_dir)
+    try:
+        rows = {r.key: r for r in ledger.tasks(endpoint.env, the_plan.name)}
+        planned = {t.key for t in the_plan.tasks}
+        cap = effective_cap(the_plan.max_usd, max_cost)
+        check = preflight(
+            the_plan,
+            {k: r for k, r in rows.items() if k in planned},
+            cap,
+            retry_failed,
+            [r for k, r in rows.items() if k not in planned],
+        )
+    except BaseException:
+        ledger.close()
+        raise
+    return PreparedRun(
+        settings,
+        endpoint,
+        the_plan,
+        ledger,
+        check,
+        cap,
+        concurrency,
+        retry_failed,
+        max_wait,
+        rows,
+        max_cost,
+    )
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    result: RunResult
+    report: ReportResult | None
+
+
+class Stopper:
+    """SIGINT/SIGTERM while a run runs: the first stops it cleanly, the second exits now.
+
+    The first stops what is under way: the executor (no new submissions,
+    what was sent is recorded) or, once it is done, the catching-up
+    downloads (their part files stay, to resume with a Range request).
+    `on_first(phase)` ("run" or "downloads") lets the CLI say what is
+    happening; `on_second` is the CLI's, which exits at once (the edge owns
+    exit codes). Exiting at once is safe because every step is a committed
+    transaction: intent without a task id is re-sent under the same key by
+    the next run.
+    """
+
+    def __init__(self, on_first: Callable[[str], None], on_second: Callable[[], None]) -> None:
+        self.on_first, self.on_second = on_first, on_second
+        self.executor: Executor | None = None
+        self.finishing: asyncio.Future[Any] | None = None  # the downloads after the executor
+        self.count = 0
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Event loops without signal support (Windows) raise NotImplementedError;
+        # Ctrl-C then arrives as KeyboardInterrupt, which the CLI edge maps to 130.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._signalled)
+
+    def uninstall(self, loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    def _signalled(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            if self.finishing is not None:
+                self.on_first("downloads")
+                self.finishing.cancel()
+            else:
+                self.on_first("run")
+                if self.executor is not None:
+                    self.executor.request_stop("interrupted")
+            return
+        self.on_second()
+
+
+async def execute(
+    prepared: PreparedRun,
+    *,
+    download: bool,
+    watch: Callable[[Executor], AbstractAsyncContextManager[Any]] | None = None,
+    stopper: Stopper | None = None,
+) -> RunOutcome:
+    """Run a prepared plan: the executor, then the downloads and the reports.
+
+    `watch(executor)` is the progress display's context (entered while the
+    executor runs). Raises what the executor raises (AuthError, ApiUnavailable).
+    """
+
+    endpoint, ledger, the_plan = prepared.endpoint, prepared.ledger, prepared.plan
+    loop = asyncio.get_running_loop()
+    if stopper is not None:
+        stopper.install(loop)
+    ledger.ensure_tasks(endpoint.env, planned_rows(the_plan))
+    run_id = ledger.start_run(
+        endpoint.env, the_plan.name, endpoint.base_url, prepared.cap, prepared.concurrency
+    )
+    outcome = "crashed"
+    api = ApiClient(endpoint.api_client(max_connections=pool_size(prepared.concurrency)))
+    files = endpoint.files_client() if download else None
+    try:
+        downloader = None
+        if files is not None:
+            downloader = Downloader(
+                ledger, files, prepared.settings.output_dir, refresh=api.refresh_outputs
+            )
+        executor = Executor(
+            the_plan,
+            ledger,
+            api,
+            env=endpoint.env,
+            cap=prepared.cap,
+            run_id=run_id,
+            concurrency=prepared.concurrency,
+            retry_failed=prepared.retry_failed,
+            on_succeeded=downloader.on_succeeded if downloader else None,
+            max_wait=prepared.max_wait,
+        )
+        if stopper is not None:
+            stopper.executor = executor
+        try:
+            if watch is not None:
+                async with watch(executor):
+                    result = await executor.run()
+            else:
+                result = await executor.run()
+        except MvbatchError as error:
+            outcome = f"error: {type(error).__name__}"
+            raise
+        outcome = _outcome(result)
+        written = None
+        if not result.interrupted:
+            written = await _download_and_report(
+                report.finish_run(downloader, prepared.settings, ledger, the_plan, endpoint.env),
+                stopper,
+            )
+            if written is None:
+                log.info("run.downloads_interrupted", manifest=the_plan.name)
+                result = dataclasses.replace(result, interrupted=True, downloads_interrupted=True)
+                outcome = "interrupted"
+        return RunOutcome(result, written)
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        outcome = "interrupted"  # cancelled by the caller, in either phase
+        raise
+    finally:
+        ledger.finish_run(run_id, outcome)
+        await api.aclose()
+        if files is not None:
+            await files.aclose()
+        if stopper is not None:
+            stopper.uninstall(loop)
+
+
+async def _download_and_report(
+    finishing: Coroutine[Any, Any, ReportResult], stopper: Stopper | None
+) -> ReportResult | None:
+    """The end of a run (downloads catching up, then the reports); None if Ctrl-C stopped it."""
+    if stopper is not None and stopper.count:
+        finishing.close()  # Ctrl-C came as the executor ended: do not start
+        return None
+    task = asyncio.create_task(finishing)
+    if stopper is not None:
+        stopper.finishing = task
+    try:
+        return await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # cancelled from outside, not by the stopper
+        return None
+    finally:
+        if stopper is not None:
+            stopper.finishing = None
+
+
+def _outcome(result: RunResult) -> str:
+    if result.interrupted:
+        return "interrupted"
+    if result.held:
+        return "budget"
+    if result.failed:
+        return "failed_tasks"
+    return "pending" if result.pending else "succeeded"
