@@ -18,7 +18,7 @@ import httpx
 
 from mvbatch.ledger import learned_rates as ledger_rates
 from mvbatch.ledger import plan_states
-from mvbatch.plan import manifest, media, mp4, planfile
+from mvbatch.plan import manifest, media, mp4, mp4_probe, planfile
 from mvbatch.plan.planner import Plan, ReferenceProbe, plan
 from mvbatch.plan.pricing import PriceBook
 from mvbatch.settings import Settings
@@ -32,12 +32,12 @@ def reference_probe(client: httpx.Client) -> ReferenceProbe:
 
     def probe(reference: media.LocalFile | str) -> mp4.ProbeResult:
         if isinstance(reference, media.LocalFile):
-            return mp4.probe_local(reference.path)
+            return mp4_probe.probe_local(reference.path)
         if reference not in seen:
             if reference.startswith("data:"):
-                seen[reference] = mp4.probe_data_uri(reference)
+                seen[reference] = mp4_probe.probe_data_uri(reference)
             elif reference.startswith(("http://", "https://")):
-                seen[reference] = mp4.probe_url_sync(client, reference)
+                seen[reference] = mp4_probe.probe_url_sync(client, reference)
             else:
                 seen[reference] = mp4.ProbeResult(None, detail="not an http(s) or data: URL")
         return seen[reference]

@@ -18,7 +18,7 @@ from pathlib import Path
 from mvbatch.downloads.fetch import DownloadStats, Fetched
 from mvbatch.downloads.naming import variant_pairs
 from mvbatch.ledger import Output, TaskRow
-from mvbatch.plan import mp4
+from mvbatch.plan import mp4_probe
 from mvbatch.plan.planner import Plan, PlannedTask
 from mvbatch.report.model import OutputEntry, Report, TaskEntry
 
@@ -112,7 +112,7 @@ def _from_row(
     for output in outputs.get(row.key, ()):
         seconds = None
         if output.path:
-            seconds = mp4.local_duration(folder / output.path)
+            seconds = mp4_probe.local_duration(folder / output.path)
         entries.append(
             OutputEntry(
                 output.idx,

@@ -240,11 +240,6 @@ class Store:
                 (record.task_id, record.owner, record.idempotency_key, str(record.cost), at),
             )
 
-    def refunded_task_ids(self) -> set[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT task_id FROM billing WHERE kind = 'refund'")
-            return {row[0] for row in rows}
-
     def billing(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
