@@ -65,6 +65,7 @@ from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, TaskRow
 from mvbatch.plan.planner import Plan
 from mvbatch.run.budget import Budget
 from mvbatch.run.concurrency import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, AdaptiveLimit
+from mvbatch.run.context import RunContext
 from mvbatch.run.finish import Finisher
 from mvbatch.run.follow import DEFAULT_MAX_WAIT, Follower
 from mvbatch.run.hooks import OnSucceeded, SuccessHooks
@@ -106,22 +107,15 @@ class Executor:
         self.budget = Budget(cap, self.board, ledger, env, plan.name)
         self.probes = PriceProbes(self.budget, self.board)
         self.hooks = SuccessHooks(on_succeeded, ledger, env)
+        context = RunContext(client, ledger, env, run_id, self.board)
         self.finisher = Finisher(
-            client=client,
-            ledger=ledger,
-            env=env,
-            run_id=run_id,
-            board=self.board,
+            context,
             latency=self.latency,
             probes=self.probes,
             hooks=self.hooks,
         )
         self.submitter = Submitter(
-            client=client,
-            ledger=ledger,
-            env=env,
-            run_id=run_id,
-            board=self.board,
+            context,
             budget=self.budget,
             probes=self.probes,
             limit=self.limit,
@@ -129,11 +123,7 @@ class Executor:
             stopping=self._is_stopping,
         )
         self.follower = Follower(
-            client=client,
-            ledger=ledger,
-            env=env,
-            run_id=run_id,
-            board=self.board,
+            context,
             latency=self.latency,
             finisher=self.finisher,
             max_wait=max_wait,

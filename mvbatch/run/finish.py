@@ -17,12 +17,11 @@ import time
 from decimal import Decimal
 
 from mvbatch import logs
-from mvbatch.api.client import ApiClient
 from mvbatch.api.responses import TaskState
 from mvbatch.errors import ApiError, TaskRejected
-from mvbatch.ledger import Ledger
+from mvbatch.run.context import RunContext
 from mvbatch.run.hooks import SuccessHooks
-from mvbatch.run.jobs import JobBoard, TaskJob
+from mvbatch.run.jobs import TaskJob
 from mvbatch.run.polling import LatencyBook
 from mvbatch.run.probes import PriceProbes
 
@@ -34,18 +33,15 @@ class Finisher:
 
     def __init__(
         self,
+        context: RunContext,
         *,
-        client: ApiClient,
-        ledger: Ledger,
-        env: str,
-        run_id: int | None,
-        board: JobBoard,
         latency: LatencyBook,
         probes: PriceProbes,
         hooks: SuccessHooks,
     ) -> None:
-        self.client, self.ledger, self.env, self.run_id = client, ledger, env, run_id
-        self.board, self.latency, self.probes, self.hooks = board, latency, probes, hooks
+        self.context = context
+        self.client, self.ledger, self.board = context.client, context.ledger, context.board
+        self.latency, self.probes, self.hooks = latency, probes, hooks
 
     def record_end(self, job: TaskJob, state: TaskState, at_post: bool = False) -> None:
         """Record a terminal status, its cost, outputs and latency in one transaction.
@@ -68,7 +64,7 @@ class Finisher:
             actual = state.cost_estimate or job.server_estimate or job.estimate
         error = None if succeeded else (state.error or f"the task ended {state.status}")
         self.ledger.record_finished(
-            self.env,
+            self.context.env,
             job.key,
             previous=job.status,
             status=state.status,
@@ -78,7 +74,7 @@ class Finisher:
             urls=state.urls if succeeded else (),
             polls=job.polls,
             latency=(job.latency_class, latency),
-            run_id=self.run_id,
+            run_id=self.context.run_id,
             task_id=state.task_id if at_post else None,
             request_id=state.request_id if at_post else None,
         )
@@ -132,4 +128,4 @@ class Finisher:
         except (TaskRejected, ApiError) as error:
             log.info("task.events_unavailable", key=job.key, error=str(error))
             return
-        self.ledger.record_server_events(self.env, job.key, events)
+        self.ledger.record_server_events(self.context.env, job.key, events)

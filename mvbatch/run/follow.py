@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable
 
 from mvbatch import logs
-from mvbatch.api.client import ApiClient
 from mvbatch.api.responses import STATUSES, TaskState
 from mvbatch.api.retry import Backoff
 from mvbatch.errors import TaskRejected
-from mvbatch.ledger import Ledger
+from mvbatch.run.context import RunContext
 from mvbatch.run.finish import Finisher
-from mvbatch.run.jobs import JobBoard, TaskJob
+from mvbatch.run.jobs import TaskJob
 from mvbatch.run.polling import LatencyBook, replan_after
 
 # How long one run follows a task that has not ended, from when it starts
@@ -47,19 +46,16 @@ class Follower:
 
     def __init__(
         self,
+        context: RunContext,
         *,
-        client: ApiClient,
-        ledger: Ledger,
-        env: str,
-        run_id: int | None,
-        board: JobBoard,
         latency: LatencyBook,
         finisher: Finisher,
         max_wait: float | None,
         stopping: Callable[[], bool],
     ) -> None:
-        self.client, self.ledger, self.env, self.run_id = client, ledger, env, run_id
-        self.board, self.latency, self.finisher = board, latency, finisher
+        self.context = context
+        self.client, self.ledger, self.board = context.client, context.ledger, context.board
+        self.latency, self.finisher = latency, finisher
         self.max_wait = max_wait  # seconds; None follows every task to its end
         self._stopping = stopping
         self.overdue: list[str] = []  # shots of tasks let go when `max_wait` ran out
@@ -125,12 +121,12 @@ class Follower:
             status = "processing" if state.terminal else state.status
             if status != job.status:
                 self.ledger.record_progress(
-                    self.env,
+                    self.context.env,
                     job.key,
                     previous=job.status,
                     status=status,
                     polls=job.polls,
-                    run_id=self.run_id,
+                    run_id=self.context.run_id,
                 )
                 self.board.update(job, status)
 

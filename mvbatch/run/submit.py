@@ -31,14 +31,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mvbatch import logs
-from mvbatch.api.client import ApiClient
 from mvbatch.errors import EndpointMissing, FileChangedError, TaskRejected, UsageError
-from mvbatch.ledger import FAILED, Ledger
+from mvbatch.ledger import FAILED
 from mvbatch.plan.keys import retry_key
 from mvbatch.run.budget import Budget
 from mvbatch.run.concurrency import AdaptiveLimit
+from mvbatch.run.context import RunContext
 from mvbatch.run.finish import Finisher
-from mvbatch.run.jobs import JobBoard, TaskJob
+from mvbatch.run.jobs import TaskJob
 from mvbatch.run.probes import PriceProbes
 
 log = logs.get("mvbatch.run.submit")
@@ -49,20 +49,17 @@ class Submitter:
 
     def __init__(
         self,
+        context: RunContext,
         *,
-        client: ApiClient,
-        ledger: Ledger,
-        env: str,
-        run_id: int | None,
-        board: JobBoard,
         budget: Budget,
         probes: PriceProbes,
         limit: AdaptiveLimit,
         finisher: Finisher,
         stopping: Callable[[], bool],
     ) -> None:
-        self.client, self.ledger, self.env, self.run_id = client, ledger, env, run_id
-        self.board, self.budget, self.probes = board, budget, probes
+        self.context = context
+        self.client, self.ledger, self.board = context.client, context.ledger, context.board
+        self.budget, self.probes = budget, probes
         self.limit, self.finisher = limit, finisher
         self._stopping = stopping
         self.submitted = 0  # POSTs answered in this run
@@ -151,13 +148,13 @@ class Submitter:
             return False
         status = "queued" if state.terminal else state.status
         self.ledger.record_submitted(
-            self.env,
+            self.context.env,
             job.key,
             task_id=state.task_id,
             request_id=state.request_id,
             status=status,
             cost_estimate=state.cost_estimate,
-            run_id=self.run_id,
+            run_id=self.context.run_id,
         )
         self.board.update(job, status, task_id=state.task_id, server_estimate=state.cost_estimate)
         log.info(
@@ -186,12 +183,12 @@ class Submitter:
             self.board.update(job, previous)
             return None
         self.ledger.record_intent(
-            self.env,
+            self.context.env,
             job.key,
             previous=previous,
             submit_key=job.submit_key,
             attempt=job.attempt,
-            run_id=self.run_id,
+            run_id=self.context.run_id,
         )
         return payload
 
@@ -199,11 +196,11 @@ class Submitter:
         """A 4xx to a first POST: nothing was created, nothing charged (`rejected`, $0)."""
         task = job.task
         self.ledger.record_rejected(
-            self.env,
+            self.context.env,
             job.key,
             error=rejected.message,
             http_status=rejected.status_code,
-            run_id=self.run_id,
+            run_id=self.context.run_id,
         )
         self.board.update(job, "rejected", error=rejected.message)
         self.board.note_failure(job, rejected.message)
@@ -226,12 +223,12 @@ class Submitter:
         """
         if previous == "planned" and not missing.maybe_sent:
             self.ledger.record_progress(
-                self.env,
+                self.context.env,
                 job.key,
                 previous="submitting",
                 status="planned",
                 polls=job.polls,
-                run_id=self.run_id,
+                run_id=self.context.run_id,
             )
             self.board.update(job, "planned")
         log.info(
@@ -257,12 +254,12 @@ class Submitter:
         )
         estimate = job.server_estimate if job.server_estimate is not None else job.estimate
         self.ledger.record_refused_resend(
-            self.env,
+            self.context.env,
             job.key,
             error=message,
             http_status=rejected.status_code,
             estimate=estimate,
-            run_id=self.run_id,
+            run_id=self.context.run_id,
         )
         self.board.update(job, "failed", server_estimate=estimate, error=message)
         self.board.note_failure(job, message)
