@@ -75,7 +75,7 @@ app = typer.Typer(
 )
 
 # The terminal of the command being run: built by `_options` from the streams
-# the process has when the command starts (see `mvbatch.terminal` for why it
+# the process has when the command starts (see `mvbatch.ui.terminal` for why it
 # must never look them up again), and replaced for each command.
 terminal = Terminal(sys.stdout, sys.stderr)
 

@@ -16,6 +16,6 @@ Three modules, in the order a byte meets them:
 
 Must not: send credentials to a file host (the files client carries none, and
 the Downloader refuses one that does), write outside the manifest's output
-folder, or import the stages after it (report, workflow, ui). Bytes come over
+folder, or import the stages after it (report, commands, ui). Bytes come over
 httpx's own transport: no HTTP code of our own, no patched library.
 """

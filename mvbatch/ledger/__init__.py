@@ -12,6 +12,7 @@ the downloader and the user decided), store the API key, or import a later
 stage (api, run, downloads, report, ui): it sits below them all.
 
     rows.py        TaskRow, Output, the statuses, committed_cost (pure data)
+    charges.py     what a failed task cost, in the words every view shares
     interface.py   the Ledger protocol
     sqlite.py      SqliteLedger, on ledger.sqlite under the state folder
     connection.py  the SQLite connection: WAL, BEGIN IMMEDIATE, busy timeout

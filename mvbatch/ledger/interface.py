@@ -1,7 +1,7 @@
 """What the rest of mvbatch may ask of the ledger: the `Ledger` protocol.
 
 Owns: the list of operations the executor, the downloader, the reporter,
-`status` and the workflow use, each with the guarantee it makes. Every
+`status` and the commands use, each with the guarantee it makes. Every
 backend implements all of them (today `SqliteLedger`; a PostgreSQL one for a
 fleet of workers is planned). Must not: name a backend, a table or a query.
 

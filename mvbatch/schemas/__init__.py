@@ -1,6 +1,6 @@
 """Data only: the MindVideo model schemas and documented examples.
 
-Both the client (`mvbatch.catalog`) and the simulator (`mvbatch.sim`) read
+Both the client (`mvbatch.plan.catalog`) and the simulator (`mvbatch.sim`) read
 these files; nothing here may import code from either side.
 """
 

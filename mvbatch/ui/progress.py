@@ -3,7 +3,7 @@
 Owns: the Rich live panel on a terminal (queued, processing, succeeded, failed,
 spend against the cap, ETA), one plain or JSON line every few seconds
 otherwise, and the renderables of the preflight check, the run's outcome and
-`status`. It reads `executor.Snapshot`s and `RunResult`s and never changes
+`status`. It reads `run.results.Snapshot`s and `RunResult`s and never changes
 them; it is part of the CLI layer, the only one allowed to print.
 """
 

@@ -1,10 +1,9 @@
 """Rich renderables and JSON documents for what the CLI shows.
 
 Owns: how a plan looks, to a person (tables) and to a program (`--json`),
-with the cap that holds and where it came from; and the words for money that
-every view shares: dollars (`usd`), and what a task that did not succeed cost
-("rejected (not charged)", "failed (charged $0.0414)"). Builds values only;
-`cli.py` prints them.
+with the cap that holds and where it came from. Amounts are written by
+`mvbatch.money`, the words for what a failed task cost by
+`mvbatch.ledger.charges`. Builds values only; `cli.py` prints them.
 """
 
 from __future__ import annotations
