@@ -73,7 +73,7 @@ CREATE TABLE tasks (
     submitted_at TEXT,
     started_at TEXT,
     finished_at TEXT,
-    updated_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL, cost_reserved TEXT,
     PRIMARY KEY (env, key)
 );
 CREATE INDEX tasks_manifest ON tasks (env, manifest, status);
@@ -119,6 +119,10 @@ CREATE TABLE latencies (
     observed_at TEXT NOT NULL
 );
 CREATE INDEX latencies_class ON latencies (env, latency_class);
+CREATE INDEX tasks_committed ON tasks (
+    env, manifest, status, estimate_local, cost_reserved, cost_estimate,
+    cost_actual, cost_prior
+);
 """
 
 
@@ -209,7 +213,7 @@ def test_pending_reads_an_old_file_without_migrating_it(tmp_path: Path) -> None:
     db = restore(OLD_LEDGERS / "m001_initial.sql", tmp_path)
     before = schema_of(db)
     assert migrations.applied(db) == ["m001_initial"]
-    assert migrations.pending(db) == ["m002_output_file_stat"]
+    assert migrations.pending(db) == ["m002_output_file_stat", "m003_cost_reserved"]
     assert schema_of(db) == before
     assert migrations.pending(sqlite_utils.Database(memory=True)) == [n for n, _ in MIGRATIONS]
 

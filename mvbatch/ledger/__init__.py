@@ -15,19 +15,34 @@ stage (api, run, downloads, report, ui): it sits below them all.
     charges.py     what a failed task cost, in the words every view shares
     interface.py   the Ledger protocol
     sqlite.py      SqliteLedger, on ledger.sqlite under the state folder
-    connection.py  the SQLite connection: WAL, BEGIN IMMEDIATE, busy timeout
+    connection.py  the SQLite file and connection: made whole, checked at open (a damaged
+                   ledger is copied aside, never changed), backed up; WAL, BEGIN IMMEDIATE
     migrations.py  the schema as named migrations, applied once each
     queries.py     loads queries.sql: every statement, by name
 """
 
 from __future__ import annotations
 
+import sqlite3
 from decimal import Decimal
 from pathlib import Path
 
+from mvbatch import logs
+from mvbatch.ledger import connection
+from mvbatch.ledger.connection import FILE_NAME
 from mvbatch.ledger.interface import Ledger
-from mvbatch.ledger.rows import FAILED, IN_FLIGHT, STATUSES, Output, TaskRow, committed_cost
+from mvbatch.ledger.rows import (
+    FAILED,
+    IN_FLIGHT,
+    STATUSES,
+    Output,
+    Reservation,
+    TaskRow,
+    committed_cost,
+)
 from mvbatch.ledger.sqlite import SqliteLedger
+
+log = logs.get("mvbatch.ledger")
 
 __all__ = [
     "FAILED",
@@ -35,9 +50,11 @@ __all__ = [
     "STATUSES",
     "Ledger",
     "Output",
+    "Reservation",
     "SqliteLedger",
     "TaskRow",
     "committed_cost",
+    "keep_backup",
     "learned_rates",
     "open_ledger",
     "plan_states",
@@ -47,9 +64,42 @@ __all__ = [
 def open_ledger(state_dir: Path) -> Ledger:
     """The ledger kept under `state_dir`, created and migrated if need be. Close it after use.
 
-    (Later, a PostgreSQL URL will open the shared ledger of a fleet of workers.)
+    A ledger file that is not a sound database raises `LedgerDamaged` before
+    anything writes to it (`connection.check`); one that cannot be created or
+    opened for reasons of the disk (a read-only mount, permissions) raises
+    `ConfigError`. (Later, a PostgreSQL URL will open the shared ledger of a
+    fleet of workers.)
     """
-    return SqliteLedger(state_dir)
+    path = state_dir / FILE_NAME
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        connection.create(path)
+    except (OSError, sqlite3.Error) as error:
+        if isinstance(error, sqlite3.Error) and not connection.is_disk_trouble(error):
+            raise
+        raise connection.open_error(path, error) from None
+    connection.check(path)
+    try:
+        return SqliteLedger(state_dir)
+    except sqlite3.Error as error:
+        if connection.is_damage(error):  # damaged between the check and the open
+            connection.check(path)
+        if connection.is_disk_trouble(error):
+            raise connection.open_error(path, error) from None
+        raise
+
+
+def keep_backup(state_dir: Path) -> Path | None:
+    """Refresh `ledger.sqlite.bak`, the copy a damaged ledger can be restored from.
+
+    Called after each run that ended. Never fatal: a backup that cannot be
+    made is logged (`ledger.backup_failed`) and the previous one stays.
+    """
+    try:
+        return connection.backup(state_dir / FILE_NAME)
+    except (OSError, sqlite3.Error) as error:
+        log.warning("ledger.backup_failed", path=str(state_dir / FILE_NAME), error=str(error))
+        return None
 
 
 def learned_rates(state_dir: Path, env: str) -> dict[str, Decimal]:

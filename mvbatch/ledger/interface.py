@@ -15,6 +15,9 @@ The guarantees every backend keeps:
   current attempt.
 - Every status change appends an event; events are never changed or deleted.
 - Money is exact (`Decimal`), never a float. The API key is never stored.
+- The cap is the ledger's: an intent is recorded only if the manifest's
+  committed spend, every process's, stays within the cap it is given
+  (`record_intent`), so runs at once on one ledger share one cap.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, Self
 
-from mvbatch.ledger.rows import Output, TaskRow
+from mvbatch.ledger.rows import Output, Reservation, TaskRow
 
 
 class Ledger(Protocol):
@@ -95,8 +98,21 @@ class Ledger(Protocol):
         submit_key: str,
         attempt: int,
         run_id: int | None,
-    ) -> None:
+        estimate: Decimal | None = None,
+        cap: Decimal | None = None,
+    ) -> Reservation:
         """Committed before the POST is sent: "`submit_key` is about to be submitted".
+
+        The intent is a reservation against `cap` (the run's cap, the lowest
+        of max_usd and --max-cost). In the same step, under the write lock, the
+        backend sums what the manifest's tasks have committed (`committed_cost`
+        of every row, whichever process or machine recorded it), adds
+        `estimate` (ours, a learned rate included; None: the plan's), and
+        records the intent only if that stays within the cap. Refused, it
+        records nothing and says so (`Reservation.granted` is False). With no
+        cap, and for a re-send (`previous` is `submitting`: reserved by its
+        first intent), the intent is always recorded. Until the POST is
+        answered the task counts for the estimate it was reserved at.
 
         A task found `submitting` after a crash is sent again under the same
         `submit_key`, which the API answers without a new charge. A new
@@ -126,9 +142,24 @@ class Ledger(Protocol):
         ...
 
     def record_progress(
-        self, env: str, key: str, *, previous: str, status: str, polls: int, run_id: int | None
+        self,
+        env: str,
+        key: str,
+        *,
+        previous: str,
+        status: str,
+        polls: int,
+        run_id: int | None,
+        server_status: str | None = None,
+        error: str | None = None,
     ) -> None:
-        """A status change seen while polling that is not the end (queued -> processing)."""
+        """A status change seen while polling that is not the end (queued -> processing).
+
+        With `server_status`: the task was let go in that status, which the API
+        docs do not list; it stays in flight (`status`) and `error` keeps the
+        server's words, in the row and the event, until a later progress (which
+        clears it) or its end.
+        """
         ...
 
     def record_finished(

@@ -151,6 +151,21 @@ def m002_output_file_stat(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE outputs ADD COLUMN verified_at TEXT")
 
 
+@migration
+def m003_cost_reserved(db: sqlite_utils.Database) -> None:
+    # What an intent reserved against the cap: our estimate when it was
+    # recorded, which a rate learned since the plan may have changed. A task
+    # whose POST is unanswered counts for it, for every process on the ledger.
+    db.execute("ALTER TABLE tasks ADD COLUMN cost_reserved TEXT")
+    # Every figure of `committed_cost`, so that the sum each reservation takes
+    # under the write lock reads this index alone, in the order it groups by.
+    db.execute("""
+        CREATE INDEX tasks_committed ON tasks (
+            env, manifest, status, estimate_local, cost_reserved, cost_estimate,
+            cost_actual, cost_prior
+        )""")
+
+
 # ------------------------------------------------------------------ applying them
 
 

@@ -72,10 +72,24 @@ WHERE env = :env AND key = :key;
 -- name: forget_outputs
 DELETE FROM outputs WHERE env = :env AND key = :key;
 
+-- name: committed_of_manifest
+-- What a manifest's tasks stand for against the cap, as groups of tasks with
+-- the same figures and how many there are: the sum is `committed_cost` of each
+-- group times its count, in decimal, outside SQL (most tasks share their
+-- prices, so a run of thousands reads a handful of groups). A planned task
+-- stands for nothing: no answer yet, and a prior attempt's cost moves in only
+-- with an intent.
+SELECT status, estimate_local, cost_reserved, cost_estimate, cost_actual, cost_prior,
+    count(*) AS tasks
+FROM tasks WHERE env = :env AND manifest = :manifest AND status != 'planned'
+GROUP BY status, estimate_local, cost_reserved, cost_estimate, cost_actual, cost_prior;
+
 -- name: record_intent
+-- :cost_reserved is what the task is held at against the cap until answered (NULL: estimate_local).
 UPDATE tasks SET
     status = 'submitting', submit_key = :submit_key, attempt = :attempt,
-    submissions = submissions + 1, run_id = :run_id, updated_at = :stamp
+    submissions = submissions + 1, cost_reserved = :cost_reserved, run_id = :run_id,
+    updated_at = :stamp
 WHERE env = :env AND key = :key;
 
 -- name: record_submitted
@@ -87,9 +101,11 @@ WHERE env = :env AND key = :key;
 
 -- name: record_progress
 -- :started_at is the time when the task is now processing, else NULL (kept as it was).
+-- :error is the server's words on a task let go in an undocumented status, else NULL
+-- (a task seen making progress again has no such words).
 UPDATE tasks SET
     status = :status, polls = :polls, started_at = coalesce(started_at, :started_at),
-    updated_at = :stamp
+    error = :error, updated_at = :stamp
 WHERE env = :env AND key = :key;
 
 -- name: record_finished

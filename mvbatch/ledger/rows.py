@@ -1,8 +1,8 @@
 """What the ledger hands out: task rows, outputs, the statuses, what a task costs.
 
-Owns: the shapes every backend returns (`TaskRow`, `Output`), the task
-statuses and their groups, and `committed_cost`, the one rule for how much a
-task stands for. Pure data: no SQL, no I/O, nothing about how a backend stores
+Owns: the shapes every backend returns (`TaskRow`, `Output`, `Reservation`),
+the task statuses and their groups, and `committed_cost`, the one rule for
+how much a task stands for. Pure data: no SQL, no I/O, nothing about how a backend stores
 a value (that decoding lives with the backend).
 
 A task's life (`status`); every change appends an event:
@@ -84,6 +84,9 @@ class TaskRow:
     updated_at: str
     # What earlier, superseded attempts (`--retry-failed`) committed us to spend.
     cost_prior: Decimal = Decimal(0)
+    # What the intent reserved against the cap: our estimate when it was
+    # recorded (a rate learned since the plan included); None: `estimate_local`.
+    cost_reserved: Decimal | None = None
 
     @property
     def plan_state(self) -> str:
@@ -92,8 +95,9 @@ class TaskRow:
     @property
     def committed(self) -> Decimal:
         """What this task has committed us to spend, as best the ledger knows."""
+        ours = self.estimate_local if self.cost_reserved is None else self.cost_reserved
         return self.cost_prior + committed_cost(
-            self.status, self.estimate_local, self.cost_estimate, self.cost_actual
+            self.status, ours, self.cost_estimate, self.cost_actual
         )
 
 
@@ -116,6 +120,21 @@ def committed_cost(
     if status in ("failed", "cancelled"):
         return Decimal(0)
     return local
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The ledger's answer to an intent held against a cap (`Ledger.record_intent`).
+
+    `granted`: the intent was recorded. Refused, nothing was: the task's
+    estimate on top of what the manifest's tasks have committed (every
+    process's, as the ledger holds it) would pass the cap.
+    """
+
+    granted: bool
+    estimate: Decimal  # what the task was reserved at (or would have been)
+    committed: Decimal | None  # the manifest's committed spend before it; None: no cap asked
+    cap: Decimal | None
 
 
 @dataclass(frozen=True, slots=True)

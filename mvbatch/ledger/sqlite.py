@@ -28,7 +28,7 @@ import sqlite_utils
 from mvbatch.ledger import connection, migrations
 from mvbatch.ledger.connection import FILE_NAME, now
 from mvbatch.ledger.queries import QUERIES as Q
-from mvbatch.ledger.rows import FAILED, Output, TaskRow
+from mvbatch.ledger.rows import FAILED, Output, Reservation, TaskRow, committed_cost
 
 
 def _money(value: Decimal | None) -> str | None:
@@ -41,6 +41,18 @@ def _json(value: Any) -> str:
 
 def _decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
+
+
+def _committed(group: Mapping[str, Any]) -> Decimal:
+    """What a group of `committed_of_manifest` stands for: `TaskRow.committed` times its tasks."""
+    reserved = group["cost_reserved"]
+    each = Decimal(group["cost_prior"] or "0") + committed_cost(
+        group["status"],
+        Decimal(reserved if reserved is not None else group["estimate_local"]),
+        _decimal(group["cost_estimate"]),
+        _decimal(group["cost_actual"]),
+    )
+    return each * int(group["tasks"])
 
 
 def _task_row(row: Mapping[str, Any]) -> TaskRow:
@@ -78,6 +90,7 @@ def _task_row(row: Mapping[str, Any]) -> TaskRow:
         finished_at=row["finished_at"],
         updated_at=row["updated_at"],
         cost_prior=Decimal(row["cost_prior"] or "0"),
+        cost_reserved=_decimal(row["cost_reserved"]),
     )
 
 
@@ -224,25 +237,65 @@ class SqliteLedger:
         submit_key: str,
         attempt: int,
         run_id: int | None,
-    ) -> None:
+        estimate: Decimal | None = None,
+        cap: Decimal | None = None,
+    ) -> Reservation:
         task = {"env": env, "key": key}
         with self.transaction() as db:
+            # The write lock is held from here: no other process can commit
+            # spend between the sum and the intent (check, lock, check again).
+            rows = list(db.query(Q["task"], task))
+            row = _task_row(rows[0]) if rows else None
+            reservation = self._reserve(db, row, previous=previous, estimate=estimate, cap=cap)
+            if not reservation.granted:
+                return reservation  # nothing written
             if attempt > 0 and previous in FAILED:
-                rows = list(db.query(Q["task"], task))
                 # cost_prior + what the old attempt stands for
-                prior = _task_row(rows[0]).committed if rows else Decimal(0)
+                prior = row.committed if row is not None else Decimal(0)
                 db.execute(Q["forget_attempt"], {**task, "cost_prior": _money(prior) or "0"})
                 db.execute(Q["forget_outputs"], task)
-            change = {"submit_key": submit_key, "attempt": attempt}
+            change: dict[str, Any] = {"submit_key": submit_key, "attempt": attempt}
+            if reservation.committed is not None:  # held against a cap: the evidence
+                change |= {
+                    "reserved": _money(reservation.estimate),
+                    "committed": _money(reservation.committed),
+                    "cap": _money(reservation.cap),
+                }
+            # A re-send keeps what its first intent reserved.
+            reserved = row.cost_reserved if previous == "submitting" and row else estimate
+            values = {**task, **change, "cost_reserved": _money(reserved), "run_id": run_id}
             self._transition(
                 db,
                 "record_intent",
-                {**task, **change, "run_id": run_id, "stamp": now()},
+                {**values, "stamp": now()},
                 previous=previous,
                 status="submitting",
                 run_id=run_id,
                 detail=change,
             )
+            return reservation
+
+    @staticmethod
+    def _reserve(
+        db: sqlite_utils.Database,
+        row: TaskRow | None,
+        *,
+        previous: str,
+        estimate: Decimal | None,
+        cap: Decimal | None,
+    ) -> Reservation:
+        """Hold the task's estimate against the cap, with the write lock held.
+
+        A re-send (`previous` is `submitting`) was reserved by its first intent.
+        """
+        if row is None:  # a key the ledger never saw: nothing to record either
+            return Reservation(True, estimate or Decimal(0), None, cap)
+        amount = row.estimate_local if estimate is None else estimate
+        if cap is None or previous == "submitting":
+            return Reservation(True, amount, None, cap)
+        found = db.query(Q["committed_of_manifest"], {"env": row.env, "manifest": row.manifest})
+        committed = sum((_committed(r) for r in found), Decimal(0))
+        return Reservation(committed + amount <= cap, amount, committed, cap)
 
     def record_submitted(
         self,
@@ -272,20 +325,30 @@ class SqliteLedger:
             )
 
     def record_progress(
-        self, env: str, key: str, *, previous: str, status: str, polls: int, run_id: int | None
+        self,
+        env: str,
+        key: str,
+        *,
+        previous: str,
+        status: str,
+        polls: int,
+        run_id: int | None,
+        server_status: str | None = None,
+        error: str | None = None,
     ) -> None:
         stamp = now()
         started_at = stamp if status == "processing" else None
         values = {"env": env, "key": key, "status": status, "polls": polls, "stamp": stamp}
+        unresolved = server_status is not None
         with self.transaction() as db:
             self._transition(
                 db,
                 "record_progress",
-                {**values, "started_at": started_at},
+                {**values, "started_at": started_at, "error": error if unresolved else None},
                 previous=previous,
                 status=status,
                 run_id=run_id,
-                detail=None,
+                detail={"server_status": server_status, "error": error} if unresolved else None,
             )
 
     def record_finished(

@@ -4,14 +4,20 @@ Owns: the cap (`effective_cap`: the lowest of `[budget] max_usd` and
 `--max-cost`); the whole plan held against it before the first request
 (`preflight`, then `check_budget`: exit 3, nothing sent); and, during a run,
 `Budget`: whether the next task fits under the cap with the spend already
-committed, the tasks held because they do not, and the rates the server
-teaches (a learned rate re-prices the class's unsent tasks and holds the rest
-of the plan against the cap again).
+committed, the tasks held because they do not, and what the server teaches:
+a learned rate, or a bill above the estimate, re-prices the class's unsent
+tasks and holds the rest of the plan against the cap again.
 
 Committed spend is what every task of the manifest stands for: its actual
 cost once finished, else the server's `cost_estimate`, else our estimate
 while its POST is unanswered (`TaskJob.committed`), plus what superseded
 attempts cost.
+
+The cap is the ledger's, not the process's: `Budget` is the fast pre-check,
+and the reservation each intent makes in the ledger (`Ledger.record_intent`,
+given the cap) is the final word, because it sums what every process has
+committed in the same transaction. A refusal holds the task like any other
+hold (exit 3).
 
 It must not send requests or choose the order of work. Its one ledger write
 is a learned rate.
@@ -25,11 +31,12 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from mvbatch import logs
 from mvbatch.errors import BudgetError
-from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, TaskRow
+from mvbatch.ledger import FAILED, IN_FLIGHT, Ledger, Reservation, TaskRow
 from mvbatch.money import normalize, usd
 from mvbatch.plan.planner import Plan
 from mvbatch.plan.pricing import MICRO, learn_rate
 from mvbatch.run.jobs import JobBoard, TaskJob
+from mvbatch.run.results import Overbill
 
 log = logs.get("mvbatch.run.budget")
 
@@ -163,7 +170,8 @@ def check_budget(check: Preflight) -> None:
                 "tasks with documented or learned prices + one task of each assumed-price tier)"
             )
         raise BudgetError(
-            f"{needs}, but the cap is {usd(check.cap)} (already committed by {check.manifest}: "
+            f"{needs}, but the cap is {usd(check.cap)} (already committed by {check.manifest} "
+            f"in the ledger, other processes' and earlier runs' included: "
             f"{usd(check.committed)}); nothing was submitted",
             hint="raise [budget] max_usd or --max-cost, or plan fewer tasks",
         )
@@ -173,7 +181,13 @@ def check_budget(check: Preflight) -> None:
 
 
 class Budget:
-    """The cap during a run: what fits, what is held, and the rates learned on the way."""
+    """The cap during a run: what fits, what is held, and what prices and bills taught.
+
+    It is the fast pre-check: the ledger's reservation (`Ledger.record_intent`,
+    given the cap) is the final word, because it also sees what other
+    processes committed. What the ledger answers is learned here too
+    (`heard`), so a run that shares its cap stops asking once it is full.
+    """
 
     def __init__(
         self, cap: Decimal | None, board: JobBoard, ledger: Ledger, env: str, manifest: str
@@ -183,20 +197,37 @@ class Budget:
         # Tasks of the manifest that the plan dropped and nobody follows: their
         # spend still counts against the manifest's cap.
         self.others_committed = Decimal(0)
+        # Committed by other processes since this run loaded the ledger, as its
+        # last reservation said.
+        self.elsewhere = Decimal(0)
         self.held: list[TaskJob] = []  # over the cap now; may fit once others finish
-        self.held_for_good: list[TaskJob] = []  # over the cap at a learned rate
+        self.held_for_good: list[TaskJob] = []  # over the cap at a learned rate or bill
         self.held_reason: str | None = None
+        self.overbilled: list[Overbill] = []
+        # Price class -> its worst bill over its estimate (a factor above 1).
+        self.bill_factors: dict[str, Decimal] = {}
 
     @property
     def committed(self) -> Decimal:
-        return self.board.committed + self.others_committed
+        return self.board.committed + self.others_committed + self.elsewhere
+
+    @property
+    def anticipated(self) -> Decimal:
+        """What tasks in flight of an overbilled class are expected to be billed above
+        what they stand for now (their estimate times the class's bill factor)."""
+        extra = Decimal(0)
+        for name, factor in self.bill_factors.items():
+            for job in self.board.by_price_class.get(name, ()):
+                if job.status in IN_FLIGHT and job.actual is None:
+                    extra += (job.committed - job.prior) * (factor - 1)
+        return extra
 
     @property
     def held_count(self) -> int:
         return len(self.held) + len(self.held_for_good)
 
     def fits(self, job: TaskJob) -> bool:
-        return self.cap is None or self.committed + job.estimate <= self.cap
+        return self.cap is None or self.committed + self.anticipated + job.estimate <= self.cap
 
     def hold(self, job: TaskJob) -> None:
         """Sending the job now would take committed spend over the cap."""
@@ -219,8 +250,12 @@ class Budget:
 
     def note_stopped(self) -> None:
         """The run sent all it could; jobs still held stay `planned` for a later run."""
+        shared = ""
+        if self.others_committed or self.elsewhere:
+            shared = f" ({usd(self.committed)}, other processes' and earlier runs' included)"
         self.held_reason = self.held_reason or (
-            f"{len(self.held)} task(s) would take committed spend over the cap (${self.cap})"
+            f"{len(self.held)} task(s) would take committed spend{shared} over the cap "
+            f"{usd(self.cap)}"
         )
         log.info(
             "budget.stopped",
@@ -229,6 +264,45 @@ class Budget:
             committed=str(self.committed),
             cap=str(self.cap),
         )
+
+    # -- what the ledger answered
+
+    def heard(self, job: TaskJob, reservation: Reservation) -> None:
+        """The ledger's answer to the job's reservation: learn what others committed.
+
+        The board already counts the job (claimed) at its estimate; the
+        ledger's sum was taken before its intent. Jobs claimed here whose
+        intents are not in the ledger yet make the difference look smaller
+        than it is: the largest seen stands (others' spend only grows, but
+        for refunds, which the ledger's answer still sees).
+        """
+        if reservation.committed is None:
+            return
+        ours = self.board.committed + self.others_committed - job.estimate
+        self.elsewhere = max(self.elsewhere, reservation.committed - ours)
+
+    def refused(self, job: TaskJob, reservation: Reservation) -> None:
+        """The ledger refused the job's intent: the cap is full, other processes' spend
+        included. Held for the rest of the run (the ledger would refuse it again)."""
+        self.held_for_good.append(job)
+        committed = reservation.committed if reservation.committed is not None else Decimal(0)
+        self.held_reason = (
+            f"the cap {usd(self.cap)} was reached by the committed spend recorded in the "
+            f"ledger, other processes' runs of {self.manifest} included ({usd(committed)}; "
+            f"task {job.task.shot} at {usd(reservation.estimate)} would pass it)"
+        )
+        log.info(
+            "budget.refused",
+            manifest=self.manifest,
+            key=job.key,
+            shot=job.task.shot,
+            estimate=str(reservation.estimate),
+            committed=str(committed),
+            cap=str(self.cap),
+            by="ledger",
+        )
+
+    # -- what the server taught
 
     def learn_price(self, job: TaskJob, server_estimate: Decimal) -> None:
         """Compare the server's estimate with ours; adopt its rate for the class if new."""
@@ -247,27 +321,65 @@ class Budget:
             source=estimate.source,
             key=job.key,
         )
-        for other in self.board.by_price_class.get(name, ()):
-            if other.dispatched or other.task.estimate.upper_bound:
+        factor = self.bill_factors.get(name, Decimal(1))  # what its bills showed, kept
+        for other in self._unsent(name):
+            if other.task.estimate.upper_bound:
                 continue
-            cost = normalize(
-                (rate * other.task.estimate.seconds).quantize(MICRO, rounding=ROUND_HALF_UP)
-            )
-            self.board.update(other, estimate=cost)
-        self._hold_the_rest_if_over_cap(name)
+            self.board.update(other, estimate=_price(rate * other.task.estimate.seconds * factor))
+        self._hold_the_rest_if_over_cap(
+            f"the rate learned for {name} puts the plan at", price_class=name
+        )
 
-    def _hold_the_rest_if_over_cap(self, price_class: str) -> None:
-        """After a rate changed, hold the rest of the plan against the cap again."""
+    def learn_bill(self, job: TaskJob, bill: Decimal) -> None:
+        """A task ended billed: if more than it stood for, re-project the rest of the plan.
+
+        The class's tasks not sent yet are re-priced by the bill's factor over
+        the estimate (the worst seen), those in flight are expected to be
+        billed the same way, and the plan is held against the cap again.
+        """
+        estimate = job.server_estimate or job.estimate
+        if bill <= estimate:
+            return
+        overbill = Overbill(job.task.shot, job.key, estimate, bill)
+        self.overbilled.append(overbill)
+        name = job.price_class
+        before = self.bill_factors.get(name, Decimal(1))
+        factor = max(before, bill / max(estimate, MICRO))
+        self.bill_factors[name] = factor
+        for other in self._unsent(name):
+            self.board.update(other, estimate=_price(other.estimate * factor / before))
+        log.warning(
+            "budget.overbilled",
+            key=job.key,
+            shot=job.task.shot,
+            price_class=name,
+            estimate=str(estimate),
+            bill=str(bill),
+            committed=str(self.committed),
+            cap=None if self.cap is None else str(self.cap),
+            over_cap=self.cap is not None and self.committed > self.cap,
+        )
+        self._hold_the_rest_if_over_cap(
+            f"{overbill.words}; at that rate the plan comes to", price_class=name
+        )
+
+    def _unsent(self, price_class: str) -> list[TaskJob]:
+        return [j for j in self.board.by_price_class.get(price_class, ()) if not j.dispatched]
+
+    def _hold_the_rest_if_over_cap(self, why: str, price_class: str) -> None:
+        """After a price or a bill changed, hold the rest of the plan against the cap again."""
         if self.cap is None:
             return
         queue = self.board.queue
         pending = [j for j in queue if j.status != "submitting"]
-        projected = self.committed + sum((j.estimate for j in pending), Decimal(0))
+        projected = (
+            self.committed + self.anticipated + sum((j.estimate for j in pending), Decimal(0))
+        )
         if projected <= self.cap:
             return
         self.held_reason = (
-            f"the rate learned for {price_class} puts the plan at {usd(projected)}, over the "
-            f"cap ${self.cap}; the {len(pending)} task(s) not yet submitted were held"
+            f"{why} {usd(projected)}, over the cap {usd(self.cap)}; "
+            f"the {len(pending)} task(s) not yet submitted were held"
         )
         log.info(
             "budget.refused",
@@ -282,3 +394,8 @@ class Budget:
         kept = [j for j in queue if id(j) not in held]
         queue.clear()
         queue.extend(kept)
+
+
+def _price(amount: Decimal) -> Decimal:
+    """A task's estimate, to the millionth of a dollar, as the price table writes it."""
+    return normalize(amount.quantize(MICRO, rounding=ROUND_HALF_UP))

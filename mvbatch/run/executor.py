@@ -27,12 +27,18 @@ The rules that keep money and work safe, in the order they happen:
    is POSTed again under the same key (no new charge), a task id is polled.
 3. Before each submission, committed spend (the server's estimates of
    submitted tasks, our estimates of tasks whose POST is unanswered, actual
-   costs of finished ones) plus this task's estimate must stay within the cap.
+   costs of finished ones) plus this task's estimate must stay within the cap:
+   `Budget.fits` checks it first, and the intent itself is a reservation the
+   ledger refuses when the manifest's committed spend, every process's
+   included, leaves no room (the task is then held, as over the cap).
 4. The first POST of each price class in a run goes alone: its `cost_estimate`
    confirms (or teaches) the rate before other tasks follow (the rest of the
    batch waits for every class's first answer). A rate that changes re-checks
    the rest of the plan against the cap. A probe of an assumed rate answered
    without a `cost_estimate` holds its class until it ends (`cost_actual`).
+   A task billed more than its estimate re-prices its class by the bill and
+   re-checks the rest of the plan the same way; the result names the bill and
+   says when committed spend went over the cap (exit 3).
 5. Concurrency (tasks in flight) halves on a 429 and grows back by one per
    window of successful submissions.
 6. A 4xx to a POST that may have reached the server before (an intent from an
@@ -111,6 +117,7 @@ class Executor:
         self.finisher = Finisher(
             context,
             latency=self.latency,
+            budget=self.budget,
             probes=self.probes,
             hooks=self.hooks,
         )
@@ -263,7 +270,9 @@ class Executor:
             failures=tuple(self.board.failures),
             unfollowed=tuple(self._unfollowed),
             overdue=tuple(self.follower.overdue),
+            unresolved=tuple(self.follower.unresolved),
             max_wait=self.follower.max_wait,
+            overbilled=tuple(self.budget.overbilled),
         )
 
     def _on_throttle(self) -> None:

@@ -4,8 +4,10 @@ Owns: `Finisher.record_end`, one ledger transaction per task that ends
 (succeeded, failed or cancelled, whether the POST's answer or a poll said
 so): the cost it actually stands for, its output URLs, the latency it taught
 its class, the failure message; then what follows from it: a probe's class
-is settled, the success hook (downloads) is started. And `keep_server_events`:
-the server's history of a failed task, fetched once, never fatal.
+is settled, a bill above the estimate re-projects the plan against the cap
+(`Budget.learn_bill`), the success hook (downloads) is started. And
+`keep_server_events`: the server's history of a failed task, fetched once,
+never fatal.
 
 It must not decide when a task has ended (the submitter and the follower
 do), nor retry anything.
@@ -19,6 +21,7 @@ from decimal import Decimal
 from mvbatch import logs
 from mvbatch.api.responses import TaskState
 from mvbatch.errors import ApiError, TaskRejected
+from mvbatch.run.budget import Budget
 from mvbatch.run.context import RunContext
 from mvbatch.run.hooks import SuccessHooks
 from mvbatch.run.jobs import TaskJob
@@ -36,12 +39,13 @@ class Finisher:
         context: RunContext,
         *,
         latency: LatencyBook,
+        budget: Budget,
         probes: PriceProbes,
         hooks: SuccessHooks,
     ) -> None:
         self.context = context
         self.client, self.ledger, self.board = context.client, context.ledger, context.board
-        self.latency, self.probes, self.hooks = latency, probes, hooks
+        self.latency, self.budget, self.probes, self.hooks = latency, budget, probes, hooks
 
     def record_end(self, job: TaskJob, state: TaskState, at_post: bool = False) -> None:
         """Record a terminal status, its cost, outputs and latency in one transaction.
@@ -88,9 +92,11 @@ class Finisher:
         )
         self.latency.observe(job.latency_class, latency, job.key)
         self.board.finished_in_run += 1
-        if job.probe_pending:
-            self.probes.settle(job, state.cost_actual)
         self.board.spent += actual or Decimal(0)  # failed tasks may be billed too
+        if job.probe_pending:  # its bill is the class's price, not a surprise
+            self.probes.settle(job, state.cost_actual)
+        elif actual is not None:
+            self.budget.learn_bill(job, actual)
         if succeeded:
             log.info(
                 "task.succeeded",

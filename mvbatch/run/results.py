@@ -1,8 +1,9 @@
 """What a run reports: snapshots while it runs, and its result when it ends.
 
 Owns: `Snapshot` (what the progress display shows, cheap to take at any
-moment) and `RunResult` (counts, money, requests, failures and the tasks the
-run could not follow), with the sentences that explain them.
+moment), `RunResult` (counts, money, requests, failures, the tasks the run
+could not follow) and `Overbill` (a task the server billed more than it stood
+for), with the sentences that explain them.
 
 It must not print or compute anything from the ledger: the executor fills
 them in, the CLI renders them.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from mvbatch.ledger import FAILED
-from mvbatch.money import duration
+from mvbatch.money import duration, usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,23 @@ class Snapshot:
     elapsed: float
     eta: float | None
     stopping: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Overbill:
+    """A task the server billed more than the estimate it stood for against the cap."""
+
+    shot: str
+    key: str
+    estimate: Decimal  # the server's estimate, else ours
+    bill: Decimal  # its cost_actual
+
+    @property
+    def words(self) -> str:
+        return (
+            f"the server billed {usd(self.bill)} for task {self.shot} ({self.key}) "
+            f"estimated at {usd(self.estimate)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +79,38 @@ class RunResult:
     # Shots of tasks still running on the server when `max_wait` ran out.
     overdue: tuple[str, ...] = ()
     max_wait: float | None = None
+    # (shot, status) of tasks let go in a status the API docs do not list.
+    unresolved: tuple[tuple[str, str], ...] = ()
     downloads_interrupted: bool = False  # Ctrl-C came after the executor, during the downloads
+    overbilled: tuple[Overbill, ...] = ()  # tasks billed more than their estimate, in order
+
+    @property
+    def over_cap(self) -> bool:
+        """Committed spend is past the cap: the server billed more than it estimated."""
+        return self.cap is not None and self.committed > self.cap
+
+    @property
+    def overrun_message(self) -> str | None:
+        """The bills that broke the estimates (the worst named), and the cap if they broke it."""
+        if not self.overbilled and not self.over_cap:
+            return None
+        parts = []
+        if self.overbilled:
+            worst = max(self.overbilled, key=lambda o: o.bill - o.estimate)
+            parts.append(worst.words)
+            if len(self.overbilled) > 1:
+                parts[-1] += f" ({len(self.overbilled)} tasks billed over their estimate)"
+        if self.over_cap:
+            parts.append(
+                f"committed spend {usd(self.committed)} is over the cap {usd(self.cap)}; "
+                "nothing more was submitted"
+            )
+        elif self.cap is not None:
+            parts.append(
+                "the class's tasks not yet submitted were re-priced by that bill and held "
+                f"against the cap {usd(self.cap)}"
+            )
+        return "; ".join(parts)
 
     @property
     def unfollowed_message(self) -> str | None:
@@ -70,7 +119,9 @@ class RunResult:
         shots = ", ".join(sorted(set(self.unfollowed)))
         return (
             f"{len(self.unfollowed)} task(s) from an earlier version of the manifest may have "
-            f"been charged and cannot be followed: restore shot {shots} to resume them"
+            f"been charged and cannot be followed: restore shot {shots} to resume them "
+            f"(unless another run of a manifest named {self.manifest} is going on: then they "
+            "are its tasks, and it follows them)"
         )
 
     @property
@@ -83,6 +134,19 @@ class RunResult:
             f"{len(self.overdue)} task(s) had not ended{waited} (shot {shots}): no longer "
             "followed in this run. They keep running on the server and are not submitted "
             "again; run again to collect them"
+        )
+
+    @property
+    def unresolved_message(self) -> str | None:
+        if not self.unresolved:
+            return None
+        shots = ", ".join(sorted({shot for shot, _ in self.unresolved}))
+        statuses = ", ".join(sorted({repr(status) for _, status in self.unresolved}))
+        return (
+            f"{len(self.unresolved)} task(s) stayed in a status the API docs do not list "
+            f"({statuses}; shot {shots}): no longer followed in this run. They are not "
+            "submitted again; run again to ask the server about them, `mvbatch status` "
+            "counts them"
         )
 
     @property

@@ -6,8 +6,10 @@ Owns: the three steps that make a task charged exactly once (`Submitter`):
    resubmission gets its next derived key, and the failed attempt's cost
    stays committed);
 2. `submit`: the payload is built off the event loop (local files are hashed
-   and encoded), the intent (`submitting`, with the key) is committed, the
-   POST is sent with the `Idempotency-Key` header;
+   and encoded), the intent (`submitting`, with the key) is committed as a
+   reservation against the cap (the ledger refuses it, and nothing is sent,
+   when the manifest's committed spend, every process's, leaves no room),
+   the POST is sent with the `Idempotency-Key` header;
 3. the answer is committed at once: the task id, or the end if the POST's
    answer is already final, or what a refusal means.
 
@@ -172,7 +174,8 @@ class Submitter:
 
     async def _record_intent(self, job: TaskJob, previous: str) -> dict[str, Any] | None:
         """Build the payload (off the event loop: local files are hashed and
-        encoded), then commit the intent. None when the run stopped meanwhile."""
+        encoded), then commit the intent, reserved against the cap. None when
+        the run stopped meanwhile or the ledger refused the reservation."""
         try:
             payload = await asyncio.to_thread(job.task.payload)
         except FileChangedError as error:
@@ -182,14 +185,21 @@ class Submitter:
         if self._stopping():  # stopped while the payload was built: nothing was sent
             self.board.update(job, previous)
             return None
-        self.ledger.record_intent(
+        reservation = self.ledger.record_intent(
             self.context.env,
             job.key,
             previous=previous,
             submit_key=job.submit_key,
             attempt=job.attempt,
             run_id=self.context.run_id,
+            estimate=job.estimate,
+            cap=self.budget.cap,
         )
+        self.budget.heard(job, reservation)
+        if not reservation.granted:  # the cap is full, other processes' spend included
+            self.board.update(job, previous)
+            self.budget.refused(job, reservation)
+            return None
         return payload
 
     def _record_rejected(self, job: TaskJob, rejected: TaskRejected) -> None:
