@@ -2,20 +2,26 @@
 
 Owns: structlog configuration (human console on a terminal, JSON lines
 otherwise, or as `--log-format` says), an optional JSON log file under the
-state folder, and the redaction processor. Every secret the process knows
-(the API key) is registered here once; the processor replaces it wherever it
-appears in any field, and blanks fields whose names say they hold secrets.
+state folder, and redaction. Every secret the process knows (the API key) is
+registered here once (`register_secret`); `redact_text` replaces it, and the
+forms a server may echo it in (URL-encoded, JSON-escaped), wherever it appears.
+The log processor applies it to every field and blanks fields whose names say
+they hold secrets; `mvbatch.api.responses` applies it to every string a server
+sends before anything stores it.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
+import json
 import logging
 import re
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Literal, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -24,14 +30,38 @@ REDACTED = "[redacted]"
 _SECRET_FIELDS = frozenset(
     {"authorization", "api_key", "apikey", "token", "secret", "password", "bearer"}
 )
-_secrets: set[str] = set()
+# A secret this long or longer is replaced wherever it appears, even inside a
+# word; a shorter one only where it stands alone (see `register_secret`).
+MIN_SECRET = 6
+_secrets: set[str] = set()  # each registered secret, in every form it may be echoed in
 _open_files: list[TextIO] = []
 
 
 def register_secret(value: str | None) -> None:
-    # Very short values would blank ordinary words; real keys are long.
-    if value and len(value) >= 6:
-        _secrets.add(value)
+    """Never write `value`: `redact_text` replaces it from now on, in this process.
+
+    Also its URL-encoded and JSON-escaped forms, which is how a server echoes
+    a key in a query string or a body. A value shorter than `MIN_SECRET`
+    characters is not skipped (it would leak), but replaced only where it is a
+    token of its own (not inside a longer word or number), so that a short
+    key does not blank every word that happens to contain it.
+    """
+    if not value:
+        return
+    _secrets.update({value, quote(value, safe=""), quote(value), quote_plus(value)})
+    _secrets.update({json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1]})
+
+
+@functools.lru_cache(maxsize=8)
+def _matchers(secrets: frozenset[str]) -> tuple[tuple[str, ...], re.Pattern[str] | None]:
+    """The long secrets, longest first (a form containing another goes whole), and a
+    pattern of the short ones as whole tokens."""
+    long = tuple(sorted((s for s in secrets if len(s) >= MIN_SECRET), key=len, reverse=True))
+    short = sorted((s for s in secrets if len(s) < MIN_SECRET), key=len, reverse=True)
+    if not short:
+        return long, None
+    alternatives = "|".join(map(re.escape, short))
+    return long, re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
 # Shapes of credentials that must never be written even when this process was
@@ -42,9 +72,13 @@ _CREDENTIAL_SHAPES = re.compile(
 
 
 def redact_text(text: str) -> str:
-    for secret in _secrets:
+    """`text` with every registered secret, and anything shaped like a credential, replaced."""
+    long, short = _matchers(frozenset(_secrets))
+    for secret in long:
         if secret in text:
             text = text.replace(secret, REDACTED)
+    if short is not None:
+        text = short.sub(REDACTED, text)
     return _CREDENTIAL_SHAPES.sub(REDACTED, text)
 
 

@@ -6,6 +6,12 @@ must never turn a simulated run into a live one unannounced.
 
 The API key is a `SecretStr` so that printing or logging the settings object
 never shows it; call `api_key_value()` only where the header is built.
+
+`MINDVIDEO_BASE_URL` is checked once, where a live API is chosen
+(`api_base_url()`): an http(s) URL with a host, a valid port, and nothing a
+secret could hide in (no user name, password, query or fragment). Anything
+else is a `ConfigError` (exit 4) that names the variable and the reason, so a
+typo never reaches httpx as a traceback.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import httpx
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mvbatch.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.mindvideo.ai/api/v1"
 ENV_FILE = Path(".env")
@@ -59,6 +68,46 @@ class Settings(BaseSettings):
             return None
         value = self.api_key.get_secret_value().strip()
         return value or None
+
+    def api_base_url(self) -> str:
+        """MINDVIDEO_BASE_URL, checked: `ConfigError` (exit 4) saying what is wrong with it."""
+        value = self.base_url.strip()
+        problem = base_url_problem(value)
+        if problem is not None:
+            raise ConfigError(
+                f"MINDVIDEO_BASE_URL {problem}; got {_shown(value)!r}",
+                hint=f"set it to the API's base URL, e.g. {DEFAULT_BASE_URL}, or unset it",
+            )
+        return value
+
+
+def _shown(value: str) -> str:
+    """A base URL for a message: without what may be secret (user info, query, fragment)."""
+    try:
+        url = httpx.URL(value)
+        value = str(url.copy_with(username=None, password=None, query=None, fragment=None))
+    except httpx.InvalidURL:
+        pass
+    return value if len(value) <= 100 else value[:99] + "…"
+
+
+def base_url_problem(value: str) -> str | None:
+    """What keeps `value` from being the task API's base URL, or None if nothing does."""
+    try:
+        url = httpx.URL(value)
+    except httpx.InvalidURL as error:
+        return f"is not a URL ({error})"
+    if url.scheme not in ("http", "https"):
+        return "must be an http(s) URL, such as https://host/api/v1"
+    if not url.host or any(c in url.host for c in "% ") or not url.host.isprintable():
+        return "has no valid host name"
+    if url.port is not None and not 0 < url.port < 65536:
+        return f"has an invalid port ({url.port})"
+    if url.userinfo:
+        return "must not carry a user name or password (the key goes in MINDVIDEO_API_KEY)"
+    if url.query or url.fragment:
+        return "must not have a query or a fragment (the key goes in MINDVIDEO_API_KEY)"
+    return None
 
 
 def load_settings() -> Settings:

@@ -6,6 +6,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 import structlog
@@ -67,9 +68,43 @@ def test_exceptions_in_fields_are_redacted() -> None:
     assert "401 for key" in stream.getvalue()
 
 
-def test_short_values_are_not_treated_as_secrets() -> None:
+# Keys of the shapes people paste; only the last is caught by a pattern too.
+KEY_SHAPES = [
+    "sk-proj-4fT9xQ2mZ7vL1cB8nR3kW6yH0aJ5",
+    "3f2a9c1e-7b4d-4e8a-9c6f-1d2e3f4a5b6c",
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "k3y.+*?^$()[]{}|\\/=&%",  # regex metacharacters, taken literally
+    "mv_live_Q7x2Lk9PzR4mN8vB",
+]
+
+
+@pytest.mark.parametrize("key", KEY_SHAPES)
+def test_a_registered_key_of_any_shape_is_redacted_as_it_is_and_as_echoed(key: str) -> None:
+    logs.register_secret(key)
+    echoes = [
+        f"request {key} failed",
+        f"https://cdn.test/v.mp4?token={quote(key, safe='')}&x=1",
+        f"https://cdn.test/v.mp4?token={quote_plus(key)}",
+        json.dumps({"echo": key}),
+    ]
+    for text in echoes:
+        redacted = logs.redact_text(text)
+        assert logs.REDACTED in redacted, text
+        assert key not in redacted
+        assert quote(key, safe="") not in redacted
+        assert json.dumps(key)[1:-1] not in redacted
+    assert logs.redact_text("nothing secret here") == "nothing secret here"
+
+
+def test_a_short_key_is_redacted_where_it_stands_alone_and_kept_inside_words() -> None:
+    """A key under 6 characters would blank ordinary words wherever it appears; skipping
+    it would leak it. It is replaced where it is a token of its own."""
     logs.register_secret("abc")
-    assert logs.redact_text("abc def") == "abc def"
+    assert logs.redact_text("https://cdn.test/v?key=abc&x=1") == (
+        f"https://cdn.test/v?key={logs.REDACTED}&x=1"
+    )
+    assert logs.redact_text("Bearer: abc") == f"Bearer: {logs.REDACTED}"
+    assert logs.redact_text("abcdef xabc abc1") == "abcdef xabc abc1"
 
 
 def test_credentials_are_redacted_even_when_not_registered() -> None:

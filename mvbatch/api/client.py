@@ -11,17 +11,26 @@ carries the Authorization header.
 
 What each answer becomes:
 
-    2xx with a JSON body    the call's result; the retry budget earns
-    2xx, body not JSON      retried (MalformedResponse)
+    2xx, a task             the call's result; the retry budget earns
+    2xx, not a task         retried (MalformedResponse): not JSON, no task_id or
+                            status, larger than MAX_BODY_BYTES, nested deeper
+                            than MAX_DEPTH, a task id carrying the key; when
+                            retries run out, ApiUnavailable quoting the server
     408, 5xx                retried; the request may have been acted on
     429                     retried; `on_throttle()` first (the executor lowers
                             its concurrency)
-    timeout, network error  retried; the request may have arrived
+    timeout, network error  retried; the request may have arrived (so is an
+                            answer not read to its end within ATTEMPT_DEADLINE)
+    other transport error   ApiUnavailable     the run stops (exit 4)
     401, 403                AuthError          the run stops (exit 4)
     not the API             EndpointMissing    the run stops (exit 4), see below
     409                     TaskRejected       the key was used with other content
     other 4xx               TaskRejected       with the server's own message
     retries run out         ApiUnavailable     the run stops, resumable (exit 4)
+
+Every answer is read to at most MAX_BODY_BYTES + 1 bytes and parsed inside
+its attempt, so garbage is retried like a 5xx and nothing a server sends can
+make a call unbounded in memory or time.
 
 A POST is retried only because it carries its Idempotency-Key: the API
 answers a repeated key with the original task and no new charge. Once an
@@ -49,12 +58,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 
 from mvbatch import logs
 from mvbatch.api.responses import (
+    MAX_BODY_BYTES,
     TaskState,
     decode,
     endpoint_missing,
@@ -64,11 +75,18 @@ from mvbatch.api.responses import (
     server_message,
 )
 from mvbatch.api.retry import RETRY_EXCEPTIONS, RetryPolicy, never, retryable_status, transient
-from mvbatch.errors import ApiUnavailable, AuthError, TaskRejected
+from mvbatch.errors import ApiUnavailable, AuthError, MalformedResponse, TaskRejected
 from mvbatch.plan.keys import canonical_json
 
 MAX_CONNECTIONS = 8
 EVENTS_DEADLINE = 10.0  # seconds: the events call is diagnostics, never worth waiting for
+# Seconds for one attempt, its answer read to the end. httpx's timeouts bound
+# each read, not the sum of them: a server trickling a byte a second would
+# otherwise hold a call for ever.
+ATTEMPT_DEADLINE = 120.0
+# Headers that describe the bytes on the wire, not the (decoded, capped) body kept.
+_HEADERS_OF_THE_WIRE = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+T = TypeVar("T")
 # What a failed attempt may raise that `retry.transient` retries: our
 # HTTPStatusError for a 408, 429 or 5xx, and the network's and the body's.
 _RETRIED: tuple[type[Exception], ...] = (httpx.HTTPStatusError, *RETRY_EXCEPTIONS)
@@ -127,9 +145,10 @@ class ApiClient:
         # always the same body, so the key never meets a byte-different twin.
         body = canonical_json({"model": model, "input": input}).encode()
         try:
-            response, parsed = await self._request(
+            return await self._request(
                 "POST",
                 "tasks",
+                _task,
                 content=body,
                 headers={"Idempotency-Key": idempotency_key, "Content-Type": "application/json"},
             )
@@ -146,12 +165,10 @@ class ApiClient:
                     maybe_sent=False,
                 ) from None
             raise
-        return parse_task(parsed, response)
 
     async def get(self, task_id: str) -> TaskState:
-        """GET /tasks/{task_id}."""
-        response, parsed = await self._request("GET", f"tasks/{task_id}")
-        return parse_task(parsed, response)
+        """GET /tasks/{task_id}: the id is one path segment, whatever it holds."""
+        return await self._request("GET", f"tasks/{quote(task_id, safe='')}", _task)
 
     async def events(self, task_id: str, deadline: float = EVENTS_DEADLINE) -> Any:
         """GET /tasks/{task_id}/events: the server's history of the task, as sent.
@@ -161,10 +178,10 @@ class ApiClient:
         `ApiUnavailable` when the call fails or times out, `TaskRejected` on
         a 4xx, `AuthError` on 401/403.
         """
-        path = f"tasks/{task_id}/events"
+        path = f"tasks/{quote(task_id, safe='')}/events"
         self.counts["GET"] += 1
         try:
-            response = await asyncio.wait_for(self.http.request("GET", path), deadline)
+            response = await asyncio.wait_for(self._exchange("GET", path), deadline)
         except TimeoutError:
             raise ApiUnavailable(f"GET /{path} did not answer within {deadline:g}s") from None
         except httpx.HTTPError as error:
@@ -193,15 +210,18 @@ class ApiClient:
         self,
         method: str,
         path: str,
+        read: Callable[[httpx.Response], T],
         *,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> tuple[httpx.Response, Any]:
-        """One call, its attempts run by the retry policy; the response and its JSON body.
+    ) -> T:
+        """One call, its attempts run by the retry policy; what `read` makes of the 2xx.
 
-        The body is decoded inside the attempt, so a truncated or garbled
-        answer is retried like a dropped connection. Raises `ApiUnavailable`
-        when the policy gives up on a retryable failure.
+        `read` runs inside the attempt, so a truncated, garbled or not-a-task
+        answer (`MalformedResponse`) is retried like a dropped connection.
+        Raises `ApiUnavailable` when the policy gives up on a retryable
+        failure, with the last answer's words, and for any other failure of
+        the transport: nothing of httpx escapes.
         """
         # Only a POST with an Idempotency-Key may be repeated; GETs are safe.
         repeatable = method == "GET" or bool(headers and headers.get("Idempotency-Key"))
@@ -226,7 +246,9 @@ class ApiClient:
                 with attempt:
                     self.counts[method] += 1
                     try:
-                        return await self._attempt(method, path, content, headers, maybe_sent)
+                        return await self._attempt(
+                            method, path, content, headers, maybe_sent, read=read
+                        )
                     except httpx.HTTPStatusError as error:
                         # A 408 or 5xx may have been acted on; a 429 was turned away.
                         maybe_sent = maybe_sent or error.response.status_code != 429
@@ -246,9 +268,26 @@ class ApiClient:
                     f"the API keeps failing (retry budget spent); last: {reason}",
                     hint="re-run later to resume where this stopped",
                 ) from None
+            if isinstance(error, MalformedResponse):
+                again = (
+                    "its task is sent again under the same idempotency key, never charged twice"
+                    if method == "POST"
+                    else "the task is asked about again, never sent twice"
+                )
+                raise ApiUnavailable(
+                    f"{method} /{path} was answered {retries.attempt} times with something "
+                    f"that is not a task of the API; last: {reason}",
+                    hint=f"re-run later to resume: {again}",
+                ) from None
             raise ApiUnavailable(
                 f"{method} /{path} failed {retries.attempt} times; last: {reason}",
                 hint="the API seems down; re-run later to resume",
+            ) from None
+        except httpx.HTTPError as error:  # nothing to retry: a proxy, a protocol, a URL
+            raise ApiUnavailable(
+                f"{method} /{path} failed ({_reason(error)})",
+                hint="check the network, the proxy settings and MINDVIDEO_BASE_URL; re-run "
+                "to resume",
             ) from None
         raise AssertionError("unreachable: stamina gives up by raising the last error")
 
@@ -259,16 +298,18 @@ class ApiClient:
         content: bytes | None,
         headers: Mapping[str, str] | None,
         maybe_sent: bool,
-    ) -> tuple[httpx.Response, Any]:
+        *,
+        read: Callable[[httpx.Response], T],
+    ) -> T:
         """One request and what its answer becomes; a retryable status is an HTTPStatusError."""
-        response = await self.http.request(method, path, content=content, headers=headers)
+        response = await self._exchange(method, path, content, headers)
         code = response.status_code
         if code < 300:
-            parsed = decode(response)  # raises MalformedResponse if garbled
+            result = read(response)  # raises MalformedResponse: not an answer
             if self.policy.budget is not None:
                 self.policy.budget.earn()
             self.answered = True
-            return response, parsed
+            return result
         self.counts[str(code)] += 1
         if code in (401, 403):
             raise AuthError(
@@ -295,9 +336,51 @@ class ApiClient:
             f"HTTP {code}: {server_message(response)}", request=response.request, response=response
         )
 
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One request; its answer read to at most MAX_BODY_BYTES + 1 bytes, within
+        ATTEMPT_DEADLINE. What is kept is a complete response of those bytes (a
+        body cut there is too large to be an answer: `load_json` says so)."""
+        request = self.http.build_request(method, path, content=content, headers=headers)
+        try:
+            async with asyncio.timeout(ATTEMPT_DEADLINE):
+                response = await self.http.send(request, stream=True)
+                try:
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_BODY_BYTES:
+                            break  # never read an endless answer to its end
+                finally:
+                    await response.aclose()
+        except TimeoutError:
+            raise httpx.ReadTimeout(
+                f"no complete answer within {ATTEMPT_DEADLINE:g}s", request=request
+            ) from None
+        kept = [(k, v) for k, v in response.headers.multi_items() if k not in _HEADERS_OF_THE_WIRE]
+        extensions = {k: v for k, v in response.extensions.items() if k == "reason_phrase"}
+        return httpx.Response(
+            response.status_code,
+            headers=kept,
+            content=bytes(body[: MAX_BODY_BYTES + 1]),
+            request=request,
+            extensions=extensions,
+        )
+
+
+def _task(response: httpx.Response) -> TaskState:
+    """A 2xx of POST or GET /tasks: the task it describes, or `MalformedResponse`."""
+    return parse_task(decode(response), response)
+
 
 def _reason(error: Exception) -> str:
     """A failed attempt, for a log line or the message of `ApiUnavailable`."""
-    if isinstance(error, httpx.HTTPStatusError):
-        return str(error)  # "HTTP 503: <the server's message>"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    if isinstance(error, httpx.HTTPStatusError | MalformedResponse):
+        return str(error)  # "HTTP 503: <the server's message>", or what the 2xx was
+    text = logs.redact_text(str(error))
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import httpx
 
-from mvbatch.errors import ConfigError, UsageError
+from mvbatch import logs
+from mvbatch.errors import ConfigError
 from mvbatch.settings import Settings
 
 SIM_BASE_URL = "http://simulator.mvbatch.invalid/api/v1"
@@ -45,7 +46,11 @@ class Endpoint:
         """The HTTP client for `ApiClient`: the key, the API's origin, no redirects followed.
 
         `timeout` bounds each request; trying again is `mvbatch.api.retry`'s.
+        The key is registered for redaction here, where it is put in a header,
+        so that no server echo of it is ever stored, whoever built the endpoint.
         """
+        if not self.simulated:
+            logs.register_secret(self.api_key)
         return httpx.AsyncClient(
             base_url=self.base_url.rstrip("/") + "/",
             headers={"Authorization": f"Bearer {self.api_key}", "User-Agent": USER_AGENT},
@@ -95,7 +100,4 @@ def choose(
         )
         transport = httpx.ASGITransport(app=create_app(config))
         return Endpoint("sim", SIM_BASE_URL, SIM_API_KEY, transport)
-    base_url = settings.base_url.strip()
-    if not base_url.startswith(("https://", "http://")):
-        raise UsageError(f"MINDVIDEO_BASE_URL must be an http(s) URL; got {base_url!r}")
-    return Endpoint("live", base_url, key)
+    return Endpoint("live", settings.api_base_url(), key)

@@ -1,13 +1,22 @@
 """What the task API's answers say: task bodies, error messages, and answers from elsewhere.
 
-Owns: turning a response into a `TaskState` (documented fields only, extras
-ignored, tolerant of numbers sent as strings and of unknown statuses), the
-person-readable message of an error body, and telling an answer of the task
-API from one of something else at the base URL (`not_the_api`,
-`endpoint_missing`). Pure functions of a response: no requests, no retries,
-no state.
+Owns: reading a body (`load_json`: at most `MAX_BODY_BYTES`, nested at most
+`MAX_DEPTH` levels, else `MalformedResponse`), turning it into a `TaskState`
+(documented fields only, extras ignored, tolerant of numbers sent as strings
+and of unknown statuses; a body that names no task is `MalformedResponse`,
+with the server's words), the person-readable message of an error body, and
+telling an answer of the task API from one of something else at the base URL
+(`not_the_api`, `endpoint_missing`). Pure functions of a response: no
+requests, no retries, no state.
 
-Server text is redacted here, at the boundary (see `server_message`).
+This is where server data enters mvbatch, so this is where the key is taken
+out of it: every string a server sends that anything stores or shows (task
+and request ids, output URLs, statuses, messages, events) passes through
+`logs.redact_text` here, whatever field it came in. An output URL that
+carried the key is kept with `[redacted]` in its place (never fetched with
+the key: the downloader asks the API for a fresh one if it is refused). A
+task id that carries the key can be neither stored nor used to poll: that
+answer is malformed.
 
 The error body is undocumented: the message is read from `error.message`,
 `error` (a string), `message`, `detail` or the raw text, whichever exists.
@@ -31,7 +40,16 @@ from mvbatch.errors import EndpointMissing, MalformedResponse
 
 STATUSES = ("queued", "processing", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
-MESSAGE_LIMIT = 500
+MESSAGE_LIMIT = 500  # characters of an error body's message
+ERROR_LIMIT = 2000  # characters of a task's failure message
+WORDS_LIMIT = 300  # characters of a malformed body quoted in its error
+IDENT_LIMIT = 256  # characters of a task id or a request id
+STATUS_LIMIT = 80  # characters of a status
+# An answer of the task API is a few hundred bytes and 4 levels deep: anything
+# beyond these is not one, and is never parsed further (a body of a million
+# nested brackets would exhaust the interpreter's recursion).
+MAX_BODY_BYTES = 1 << 20
+MAX_DEPTH = 32
 DOCUMENTED_BASE_URL = "https://api.mindvideo.ai/api/v1"
 API_PATH = "/api/v1"  # how every documented base URL ends
 EVENTS_TEXT_LIMIT = 4096  # bytes of a non-JSON events body kept as text
@@ -47,8 +65,10 @@ class TaskState:
     cost_estimate: Decimal | None = None
     cost_actual: Decimal | None = None
     urls: tuple[str, ...] = ()
+    # The server's words on a task that failed, was cancelled or is in a
+    # status the docs do not list (`documented` is False); None otherwise.
     error: str | None = None
-    raw_status: str = ""
+    raw_status: str = ""  # as sent (redacted, at most STATUS_LIMIT characters)
     # Undocumented but common: the server's own created/updated times give the
     # task's true latency, better than our polling can measure. None if absent.
     server_seconds: float | None = None
@@ -59,32 +79,83 @@ class TaskState:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
+    @property
+    def documented(self) -> bool:
+        """Is the status as sent one the API docs list?"""
+        return self.raw_status.strip().lower() in STATUSES
+
 
 def parse_task(body: Any, response: httpx.Response | None = None) -> TaskState:
-    """The task a decoded body describes; `MalformedResponse` when it describes none."""
+    """The task a decoded body describes, every string redacted; `MalformedResponse`
+    (with the server's words) when it describes none."""
     if not isinstance(body, Mapping):
-        raise MalformedResponse(f"expected a JSON object, got {type(body).__name__}")
+        raise MalformedResponse(f"the answer is not a task (a JSON {_kind(body)}): {words(body)}")
     task_id = _ident(body.get("task_id"))
     raw_status = body.get("status")
-    if not task_id or not isinstance(raw_status, str):
-        raise MalformedResponse("the response has no task_id or status")
+    if not task_id:
+        raise MalformedResponse(f"the answer is not a task (no task_id): {words(body)}")
+    if not isinstance(raw_status, str) or not raw_status.strip():
+        raise MalformedResponse(f"the answer is not a task (no status): {words(body)}")
+    _check_task_id(task_id, body)
+    raw_status = _redacted(raw_status, STATUS_LIMIT)
     status = raw_status.strip().lower()
-    if status not in STATUSES:
+    documented = status in STATUSES
+    if not documented:
         status = "processing"  # tolerant: an unknown state is not an end state
     headers = response.headers if response is not None else httpx.Headers()
+    request_id = _ident(body.get("request_id")) or headers.get("x-request-id")
+    telling = status in ("failed", "cancelled") or not documented
+    error = _error_text(body) if telling else None
     return TaskState(
         task_id=task_id,
         status=status,
         raw_status=raw_status,
-        request_id=_ident(body.get("request_id")) or headers.get("x-request-id"),
+        request_id=None if request_id is None else _redacted(request_id, IDENT_LIMIT),
         cost_estimate=_money(body.get("cost_estimate")),
         cost_actual=_money(body.get("cost_actual")),
-        urls=_video_urls(body.get("output")),
-        error=_scrubbed(_error_text(body)) if status in ("failed", "cancelled") else None,
+        urls=tuple(logs.redact_text(url) for url in _video_urls(body.get("output"))),
+        error=None if error is None else _redacted(error, ERROR_LIMIT),
         server_seconds=_server_seconds(body) if status in TERMINAL else None,
         replayed=headers.get("idempotent-replayed", "").lower() == "true",
         retry_after=parse_retry_after(headers.get("retry-after")),
     )
+
+
+def _check_task_id(task_id: str, body: Mapping[str, Any]) -> None:
+    """A task id is stored and put in the path of every poll: it must be usable as both."""
+    if logs.redact_text(task_id) != task_id:
+        raise MalformedResponse(
+            "the answer's task_id carries the API key: it can be neither stored nor polled"
+        )
+    if (
+        len(task_id) > IDENT_LIMIT
+        or task_id.strip(".") == ""
+        or not task_id.isprintable()
+        or task_id != task_id.strip()
+    ):
+        raise MalformedResponse(f"the answer's task_id is not an identifier: {words(body)}")
+
+
+def _kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean"}.get(type(value), "value")
+
+
+def _redacted(text: str, limit: int) -> str:
+    """Server text as it may be stored: the key taken out first, then cut to `limit`."""
+    return logs.redact_text(text)[:limit]
+
+
+def words(value: Any) -> str:
+    """What a server sent, for a message: redacted, on one line, cut short."""
+    if isinstance(value, bytes):
+        text = value[: WORDS_LIMIT * 4].decode("utf-8", "replace")
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text[: WORDS_LIMIT * 4].split()) or "(an empty body)"
+    shown = logs.redact_text(text)
+    return shown if len(shown) <= WORDS_LIMIT else shown[: WORDS_LIMIT - 1] + "…"
 
 
 def _text(value: Any) -> str | None:
@@ -186,11 +257,12 @@ def _error_text(body: Any) -> str | None:
 
 
 def _scrubbed(value: Any) -> Any:
-    """Server-sent text with anything shaped like a credential removed (it is stored)."""
+    """Decoded server JSON with the key (and credential shapes) taken out of every string,
+    names included (it is stored). `load_json` bounded its depth."""
     if isinstance(value, str):
         return logs.redact_text(value)
     if isinstance(value, Mapping):
-        return {k: _scrubbed(v) for k, v in value.items()}
+        return {_scrubbed(k): _scrubbed(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_scrubbed(v) for v in value]
     return value
@@ -201,8 +273,8 @@ def server_message(response: httpx.Response) -> str:
     text = ""
     try:
         text = response.text
-        message = _error_text(json.loads(text))
-    except (ValueError, UnicodeDecodeError):
+        message = _error_text(load_json(response.content))
+    except (MalformedResponse, UnicodeDecodeError):
         message = None
     if not message:
         message = " ".join(text.split())[:MESSAGE_LIMIT] or response.reason_phrase or "no message"
@@ -235,8 +307,8 @@ def not_the_api(response: httpx.Response) -> bool:
     if code != 404:
         return False
     try:
-        body = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+        body = load_json(response.content)
+    except MalformedResponse:
         return True  # an HTML or text page, or nothing: a web server's, not the API's
     if not isinstance(body, Mapping):
         return True
@@ -290,19 +362,57 @@ def endpoint_missing(
     )
 
 
-def decode(response: httpx.Response) -> Any:
-    """The JSON body, money as Decimal; `MalformedResponse` if it is not JSON."""
+def load_json(content: bytes) -> Any:
+    """A body as JSON, money as Decimal, if it could be an answer of the API at all.
+
+    `MalformedResponse`, quoting the body, when it is larger than
+    `MAX_BODY_BYTES`, not JSON, or nested deeper than `MAX_DEPTH` levels
+    (Python's own parser gives up with RecursionError somewhat deeper: that is
+    caught too, never let out).
+    """
+    if len(content) > MAX_BODY_BYTES:
+        raise MalformedResponse(
+            f"the answer is larger than {MAX_BODY_BYTES // 1024} KiB: {words(content)}"
+        )
+    nested = f"the answer's JSON nests deeper than {MAX_DEPTH} levels: {words(content)}"
     try:
-        return json.loads(response.content, parse_float=Decimal)
+        value = json.loads(content, parse_float=Decimal)
+    except RecursionError:
+        raise MalformedResponse(nested) from None
     except (ValueError, UnicodeDecodeError) as error:
-        raise MalformedResponse(f"the body is not JSON ({error})") from None
+        raise MalformedResponse(f"the body is not JSON ({error}): {words(content)}") from None
+    if _deeper_than(value, MAX_DEPTH):
+        raise MalformedResponse(nested)
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Does `value` nest arrays and objects more than `limit` levels deep? (No recursion.)"""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def decode(response: httpx.Response) -> Any:
+    """The JSON body, money as Decimal; `MalformedResponse` if it cannot be an answer."""
+    return load_json(response.content)
 
 
 def events_body(response: httpx.Response) -> Any:
     """The events of a task as sent (redacted): the `events` list, any JSON, or some text."""
     try:
-        body = json.loads(response.content, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError):
+        body = load_json(response.content)
+    except MalformedResponse:
         return _scrubbed(response.content[:EVENTS_TEXT_LIMIT].decode("utf-8", "replace"))
     if isinstance(body, Mapping) and "events" in body:
         return _scrubbed(body["events"])

@@ -115,7 +115,11 @@ class Backoff:
 
     base: float = 0.5  # the first ceiling, doubled per retry
     cap: float = 30.0  # no ceiling above this
-    max_retry_after: float = 300.0  # a longer Retry-After is cut to this
+    # The longest Retry-After honoured. A longer one (a billion seconds, from
+    # a broken or hostile server) is not slept on: the usual backoff applies,
+    # so a run never sits silent for minutes, and a server that keeps saying
+    # it runs out of attempts and stops the run, resumable (exit 4).
+    max_retry_after: float = 120.0
 
     def ceiling(self, attempt: int) -> float:
         """min(cap, base x 2^(attempt-1)): the longest wait after failed attempt `attempt`."""
@@ -123,9 +127,8 @@ class Backoff:
 
     def wait(self, attempt: int, retry_after: float | None = None) -> float:
         """Uniform(0, ceiling(attempt)), or the server's `Retry-After` with a little jitter."""
-        if retry_after is not None:
-            wait = min(retry_after, self.max_retry_after)
-            return wait + random.uniform(0, min(1.0, 0.1 * wait))
+        if retry_after is not None and retry_after <= self.max_retry_after:
+            return retry_after + random.uniform(0, min(1.0, 0.1 * retry_after))
         return random.uniform(0, self.ceiling(attempt))
 
 
