@@ -1,12 +1,15 @@
 """The Downloader: each output's bytes from the file host, verified, recorded once final.
 
 Owns: the requests and what their answers mean (206 appends after a Range
-request, 200 restarts from 0, 401/403/404/410 ask the API for a fresh URL,
-408/425/429/5xx and broken transfers are retried until 6 attempts in a row
-move no byte forward), the length check against Content-Length, and the
-ledger row of each file (path, bytes, sha256), written only after the rename.
-Where a file goes is `naming`; how its bytes are written and made final is
-`partfile`.
+request, 200 restarts from 0, 401/403/404/410 and anything that is not a
+video ask the API for a fresh URL, 408/425/429/5xx, broken and too slow
+transfers are retried under `DOWNLOAD_RETRIES` until 6 attempts in a row move
+no byte forward), the length check against Content-Length, what a full disk
+means (the part is given back, no other file is started, `disk_full` says
+where), and the ledger row of each file (path, bytes, sha256), written only
+after the rename. Where a file goes is `naming`; how slow a transfer may be,
+`pace`; what counts as a video, `verify`; how the bytes are written and made
+final, `partfile`.
 
 Must not: send credentials to the host that serves the files. The files
 client (`Endpoint.files_client`) carries no Authorization header, and this
@@ -18,31 +21,42 @@ redirects. Must not write anything outside the manifest's output folder.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
-import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx
 
 from mvbatch import logs
-from mvbatch.downloads import partfile
-from mvbatch.downloads.naming import contained, output_relpath, report_folder
+from mvbatch.api.retry import Backoff, RetryPolicy
+from mvbatch.downloads import partfile, request
+from mvbatch.downloads.naming import contained, report_folder
+from mvbatch.downloads.pace import Bounds
 from mvbatch.downloads.partfile import PartFile
+from mvbatch.downloads.request import (
+    Broken,
+    Fatal,
+    Refused,
+    Slow,
+    Transfer,
+    describe,
+    host_of,
+)
+from mvbatch.errors import DiskFull
 from mvbatch.ledger import Ledger, Output, TaskRow
 
 DEFAULT_MAX_BYTES = 4 * 1024**3  # far above any generated clip; stops a runaway body
 DEFAULT_CONCURRENCY = 8
 MAX_FAILURES = 6  # consecutive failed attempts that moved no byte forward
 MAX_REFRESHES = 3  # fresh URLs asked of the API for one output
-REFRESH_STATUSES = frozenset({401, 403, 404, 410})  # how expired or refused signed URLs answer
-RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+# The one retry policy (`mvbatch.api.retry`), with the downloads' own limits:
+# no cap on attempts and no retry budget, for `worth_another` (`_receive`)
+# stops an output after `max_failures` attempts in a row that moved no byte
+# forward, and `pace` bounds its time. Waits: full jitter, at most 8 s.
+DOWNLOAD_RETRIES = RetryPolicy(attempts=None, backoff=Backoff(base=0.25, cap=8.0), budget=None)
 
 # task_id -> the task's output URLs, fetched again from the API (the client's
 # `refresh_outputs`). Takes the task id, not the URL: the API knows the task.
@@ -99,24 +113,7 @@ class DownloadStats:
             self.errors.append(fetched)
 
 
-class _Refused(Exception):
-    """The file host refused the URL (expired signature, gone): ask the API again."""
-
-
-class _Broken(Exception):
-    """The transfer stopped early or went wrong in a way a new request may fix."""
-
-
-class _Fatal(Exception):
-    """No new request will help (too large, not a URL we may fetch)."""
-
-
 # --------------------------------------------------------------- downloader
-
-
-def default_backoff(failures: int) -> float:
-    # Exponential with full jitter, capped: a file host under strain gets room.
-    return random.uniform(0, min(8.0, 0.25 * 2 ** (failures - 1)))
 
 
 class Downloader:
@@ -124,6 +121,9 @@ class Downloader:
 
     Use `fetch(rows)` for a batch (the `report` command), or pass
     `on_succeeded` to the executor, which calls it as each task succeeds.
+    `bounds` says how slow a transfer may be (`pace.Bounds`: the documented
+    minimum rate and deadline unless given others). After a write refused
+    for want of space, `disk_full` holds the error and no new file starts.
     """
 
     def __init__(
@@ -137,7 +137,7 @@ class Downloader:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_failures: int = MAX_FAILURES,
         max_refreshes: int = MAX_REFRESHES,
-        backoff: Callable[[int], float] = default_backoff,
+        bounds: Bounds = Bounds(),  # noqa: B008 - frozen: one value shared is fine
     ) -> None:
         if "authorization" in client.headers:
             # Output files live on other hosts (CDNs, buckets): a client that
@@ -150,7 +150,10 @@ class Downloader:
         self.max_bytes = max_bytes
         self.max_failures = max_failures
         self.max_refreshes = max_refreshes
-        self.backoff = backoff
+        self.bounds = bounds
+        # The first write refused for want of space: no new file is started
+        # after it, and the caller raises it once the reports are written.
+        self.disk_full: DiskFull | None = None
         self.stats = DownloadStats()
         self._slots = asyncio.Semaphore(concurrency)
         self._finishing = asyncio.Semaphore(concurrency)  # fsync, rename, ledger row
@@ -192,7 +195,7 @@ class Downloader:
                 # The API is down or refuses us: this task's videos wait for
                 # the next run or `mvbatch report`; the other tasks go on.
                 failed = Fetched(
-                    row.key, 0, "", "failed", error=f"no output URL: {_describe(error)}"
+                    row.key, 0, "", "failed", error=f"no output URL: {describe(error)}"
                 )
                 log.warning("download.failed", key=row.key, idx=0, error=failed.error)
                 self.stats.add(failed)
@@ -214,10 +217,16 @@ class Downloader:
         kept = await self._verify_recorded(transfer, record)
         if kept is not None:
             return kept
+        if self.disk_full is not None:
+            return self._stopped(transfer)
         try:
             return await self._download(transfer)
         except OSError as error:
-            return self._failed(transfer, f"cannot write {transfer.relpath}: {error.strerror}")
+            full = partfile.disk_full(error, transfer.folder, transfer.relpath, transfer.size)
+            if full is None:
+                return self._failed(transfer, f"cannot write {transfer.relpath}: {error.strerror}")
+            self.disk_full = self.disk_full or full
+            return self._failed(transfer, full.message)
 
     async def _verify_recorded(self, transfer: Transfer, record: Output) -> Fetched | None:
         """A recorded download that is still intact, or None to fetch it again."""
@@ -234,7 +243,7 @@ class Downloader:
                 self.ledger.record_verified(
                     transfer.row.env, transfer.key, transfer.idx, found.rehashed_stat
                 )
-            return transfer.result("kept", record.path, record.sha256, record.bytes)
+            return _result(transfer, "kept", (record.path, record.sha256, record.bytes))
         if found.size is not None:
             log.warning(
                 "download.changed_on_disk",
@@ -262,11 +271,14 @@ class Downloader:
         # is given back): a disk slower than the network holds transfers
         # back instead of piling up open parts and dirty pages.
         async with self._slots:
+            if self.disk_full is not None:  # filled while this one waited for its slot
+                return self._stopped(transfer)
             fd = partfile.open_locked(part_path)
             if fd is None:
                 log.info("download.busy", key=transfer.key, idx=transfer.idx, path=transfer.relpath)
                 busy = "another mvbatch process is downloading this file"
-                return transfer.result("busy", transfer.relpath, error=busy)
+                return _result(transfer, "busy", (transfer.relpath, None, None), error=busy)
+            part: PartFile | None = None
             try:
                 # Check, lock, check again: another process may have finished
                 # it while we waited for the lock.
@@ -283,7 +295,8 @@ class Downloader:
                 failed = await self._receive(transfer, part)
                 if failed is None:
                     await self._finishing.acquire()
-            except BaseException:
+            except BaseException as error:
+                _give_back_if_full(error, part)
                 os.close(fd)
                 raise
         try:
@@ -291,24 +304,61 @@ class Downloader:
                 return failed
             try:
                 return await self._finish(transfer, part, dest, started)
+            except BaseException as error:
+                _give_back_if_full(error, part)  # fsync may be where the space runs out
+                raise
             finally:
                 self._finishing.release()
         finally:
             os.close(fd)
 
     async def _receive(self, transfer: Transfer, part: PartFile) -> Fetched | None:
-        """All the bytes into the part file: None when complete, else why not."""
-        failures = 0
-        while True:
-            transfer.attempts += 1
-            before = part.have
+        """All the bytes into the part file: None when complete, else why not.
+
+        One pass of `DOWNLOAD_RETRIES` per URL; a refused URL (expired, or
+        not a video) asks the API for a fresh one and starts the next pass.
+        """
+        transfer.started = asyncio.get_running_loop().time()
+        failures = 0  # attempts in a row that moved no byte forward
+        before = part.have
+
+        def worth_another(error: Exception) -> bool | float:
+            nonlocal failures
+            if not isinstance(error, (Broken, httpx.TransportError)):
+                return False  # refused, fatal, or a write error: no retry helps
+            if isinstance(error, Slow) and error.late:
+                return False
+            # A transfer that moved forward is not counted against us: a flaky
+            # host that keeps making progress still finishes. A too slow one is.
+            moved = part.have > before and not isinstance(error, Slow)
+            failures = 0 if moved else failures + 1
+            if failures >= self.max_failures:
+                return False
+            return DOWNLOAD_RETRIES.backoff.wait(max(failures, 1))
+
+        def before_retry(error: Exception, attempt: int, wait: float) -> None:
+            log.info(
+                "download.retry",
+                key=transfer.key,
+                idx=transfer.idx,
+                attempt=attempt,
+                wait=round(wait, 3),
+                have=part.have,
+                error=describe(error),
+                host=host_of(transfer.url),
+            )
+
+        while True:  # one pass per URL
             try:
-                _check_url(transfer.url)
-                if part.have:
-                    transfer.resumed += 1
-                await self._one_request(transfer.url, part)
+                async for attempt in DOWNLOAD_RETRIES.retrying(worth_another, before_retry):
+                    with attempt:
+                        transfer.attempts += 1
+                        before = part.have
+                        if part.have:
+                            transfer.resumed += 1
+                        await request.get(self.client, transfer, part, self.bounds, self.max_bytes)
                 return None
-            except _Refused as refused:
+            except Refused as refused:
                 if (
                     self.refresh is None
                     or not transfer.row.task_id
@@ -316,35 +366,24 @@ class Downloader:
                 ):
                     part.discard()
                     tried = f"{transfer.refreshes} fresh URL(s) tried"
-                    return self._failed(transfer, f"{refused} (URL expired or refused; {tried})")
+                    return self._failed(transfer, f"{refused} ({refused.words}{tried})")
                 transfer.refreshes += 1
                 fresh = await self._fresh_url(transfer)
                 if fresh is None:
                     part.discard()
                     return self._failed(transfer, f"{refused}; the API gave no fresh URL")
                 transfer.url = fresh
-            except (_Broken, httpx.TransportError) as broken:
-                # A transfer that moved forward is not counted against us: a
-                # flaky host that always makes progress still finishes.
-                failures = 0 if part.have > before else failures + 1
-                if failures >= self.max_failures:
-                    # The part stays: the next run resumes it with a Range request.
-                    return self._failed(
-                        transfer, f"gave up after {transfer.attempts} attempts: {_describe(broken)}"
-                    )
-                log.info(
-                    "download.retry",
-                    key=transfer.key,
-                    idx=transfer.idx,
-                    have=part.have,
-                    error=_describe(broken),
-                    host=_host(transfer.url),
-                )
-                await asyncio.sleep(self.backoff(max(failures, 1)))
-            except (_Fatal, httpx.RequestError) as fatal:
+            except (Broken, httpx.TransportError) as broken:
+                # The part stays: the next run resumes it with a Range request.
+                why = describe(broken)
+                if isinstance(broken, Slow) and broken.late and transfer.slow:
+                    why = f"{transfer.slow}; {why}"  # what held it up, then the deadline
+                tries = f"{transfer.attempts} attempt{'s' if transfer.attempts != 1 else ''}"
+                return self._failed(transfer, f"gave up after {tries}: {why}")
+            except (Fatal, httpx.RequestError) as fatal:
                 # Too large, not http(s), too many redirects: no retry helps.
                 part.discard()
-                return self._failed(transfer, _describe(fatal))
+                return self._failed(transfer, describe(fatal))
 
     async def _finish(
         self, transfer: Transfer, part: PartFile, dest: Path, started: float
@@ -368,61 +407,7 @@ class Downloader:
             resumed=transfer.resumed,
             seconds=round(time.monotonic() - started, 3),
         )
-        return transfer.result("downloaded", transfer.relpath, digest, part.have)
-
-    async def _one_request(self, url: str, part: PartFile) -> None:
-        """One GET appending to the part file; returns when the file is complete."""
-        headers = {"Accept-Encoding": "identity"}
-        asked = part.have
-        if asked:
-            headers["Range"] = f"bytes={asked}-"
-        async with self.client.stream("GET", url, headers=headers) as response:
-            status = response.status_code
-            if status in REFRESH_STATUSES:
-                raise _Refused(f"HTTP {status} from {_host(url)}")
-            if status == 416 and asked:
-                if _range_total(response.headers) == asked:
-                    return  # the part was already complete when we were cut off
-                part.restart()
-                raise _Broken("HTTP 416: the part is longer than the file; starting again")
-            if status in RETRY_STATUSES or status >= 500:
-                raise _Broken(f"HTTP {status} from {_host(url)}")
-            if status == 206 and asked:
-                start, total = _content_range(response.headers)
-                if start != asked:
-                    part.restart()
-                    raise _Broken(f"206 from offset {start} when {asked} was asked")
-            elif status == 200:
-                # No Range asked, or the server ignored it: start from byte 0.
-                part.restart()
-                length = response.headers.get("content-length", "")
-                total = int(length) if length.isdigit() else None
-            else:
-                raise _Fatal(f"unexpected HTTP {status} from {_host(url)}")
-            encoding = response.headers.get("content-encoding", "identity").strip().lower()
-            if encoding not in ("identity", ""):
-                # We asked for identity. Lengths and ranges count encoded
-                # bytes; decoded, neither can be checked, so take the whole
-                # body again in one go.
-                part.restart()
-                total = None
-            if total is not None and total > self.max_bytes:
-                raise _Fatal(f"the file is {total} bytes, over the {self.max_bytes}-byte cap")
-            try:
-                async for chunk in response.aiter_bytes():
-                    if part.have + len(chunk) > self.max_bytes:
-                        raise _Fatal(f"the file is over the {self.max_bytes}-byte cap")
-                    if part.add(chunk):
-                        await part.write_batch()
-            finally:
-                # What arrived before a broken connection is good: keep it
-                # for the Range request that resumes the transfer.
-                await part.flush()
-            if total is not None and part.have != total:
-                if part.have > total:
-                    part.restart()
-                    raise _Broken(f"got more bytes than the {total} announced; starting again")
-                raise _Broken(f"transfer ended at {part.have} of {total} bytes")
+        return _result(transfer, "downloaded", (transfer.relpath, digest, part.have))
 
     # -- the API side
 
@@ -444,87 +429,44 @@ class Downloader:
                 "download.refresh_failed",
                 key=transfer.key,
                 idx=transfer.idx,
-                error=_describe(error),
+                error=describe(error),
             )
             return None
         log.info("download.refreshed", key=transfer.key, idx=transfer.idx, urls=len(urls))
         return urls[transfer.idx] if transfer.idx < len(urls) else None
+
+    def _stopped(self, transfer: Transfer) -> Fetched:
+        """Not started: the disk is full (one warning said so, not one per video)."""
+        assert self.disk_full is not None
+        why = f"not downloaded: the disk is full ({self.disk_full.folder})"
+        log.info("download.skipped", key=transfer.key, idx=transfer.idx, error=why)
+        return _result(transfer, "failed", error=why)
 
     def _failed(self, transfer: Transfer, error: str) -> Fetched:
         log.warning(
             "download.failed",
             key=transfer.key,
             idx=transfer.idx,
-            host=_host(transfer.url),
+            host=host_of(transfer.url),
             error=error,
             attempts=transfer.attempts,
             refreshes=transfer.refreshes,
         )
-        return transfer.result("failed", error=error)
+        return _result(transfer, "failed", error=error)
 
 
-@dataclass
-class Transfer:
-    """One output on its way: which task, where to, and how it went so far."""
-
-    row: TaskRow
-    idx: int
-    url: str
-    folder: Path
-    attempts: int = 0
-    refreshes: int = 0
-    resumed: int = 0
-
-    @property
-    def key(self) -> str:
-        return self.row.key
-
-    @functools.cached_property
-    def relpath(self) -> str:
-        return output_relpath(self.row, self.idx).as_posix()
-
-    def result(
-        self,
-        outcome: Outcome,
-        path: str | None = None,
-        sha256: str | None = None,
-        size: int | None = None,
-        error: str | None = None,
-    ) -> Fetched:
-        """What happened to this output, with the attempts it took so far."""
-        counts = (self.attempts, self.refreshes, self.resumed)
-        return Fetched(self.key, self.idx, self.url, outcome, path, sha256, size, error, *counts)
+def _give_back_if_full(error: BaseException, part: PartFile | None) -> None:
+    """A write refused for want of space: delete the part, so that the disk is not kept full."""
+    if part is not None and isinstance(error, OSError) and error.errno in partfile.DISK_FULL_ERRNOS:
+        part.give_back()
 
 
-# ------------------------------------------------------------ HTTP helpers
-
-
-_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
-
-
-def _content_range(headers: httpx.Headers) -> tuple[int, int | None]:
-    found = _CONTENT_RANGE.match(headers.get("content-range", ""))
-    if found is None:
-        raise _Broken("206 without a usable Content-Range")
-    total = found.group(3)
-    return int(found.group(1)), None if total == "*" else int(total)
-
-
-def _range_total(headers: httpx.Headers) -> int | None:
-    found = re.match(r"bytes\s+\*/(\d+)", headers.get("content-range", ""))
-    return int(found.group(1)) if found else None
-
-
-def _check_url(url: str) -> None:
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise _Fatal(f"not an http(s) URL: {url[:60]!r}")
-
-
-def _host(url: str) -> str:
-    # Signed URLs carry their signature in the query: logs get the host only.
-    return urlsplit(url).netloc or "?"
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error) or type(error).__name__
-    return logs.redact_text(text)
+def _result(
+    transfer: Transfer,
+    outcome: Outcome,
+    file: tuple[str | None, str | None, int | None] = (None, None, None),
+    error: str | None = None,
+) -> Fetched:
+    """What happened to this output (`file`: its path, sha256 and bytes), with its attempts."""
+    counts = (transfer.attempts, transfer.refreshes, transfer.resumed)
+    return Fetched(transfer.key, transfer.idx, transfer.url, outcome, *file, error, *counts)

@@ -4,9 +4,11 @@ Owns: opening and locking `.name.mp4.part` (`open_locked`: one writer per
 file, across processes), hashing and writing the bytes in order as they
 arrive (`PartFile`, in the event loop while the disk keeps up, in worker
 threads once it does not: `Writes`), making it final (`PartFile.make_final`: fsync,
-rename, folder fsync, in that order), and knowing a file again without
+rename, folder fsync, in that order), knowing a file again without
 reading it (`file_stat`, `sha256_file`, and the "unchanged since hashed"
-rule: `unchanged_since_hashed`).
+rule: `unchanged_since_hashed`; `check_recorded` and its blocking twin
+`check_recorded_now`, which the report uses), and telling a full disk from
+other write errors (`disk_full`).
 
 Must not: touch the network or the ledger, choose where a file goes
 (`naming`), or decide what to retry (`fetch`). After a failed write nothing
@@ -30,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from mvbatch import logs
+from mvbatch.downloads.verify import HEAD_BYTES
+from mvbatch.errors import DiskFull
 
 _HASH_BLOCK = 1 << 20
 _WRITE_BYTES = 256 << 10  # per write system call (see `_write_all`), and per batch in the loop
@@ -42,6 +46,10 @@ _SLOW_WRITE_SECONDS = 0.05  # an event-loop write slower than this: write in thr
 # ctime as they were. Only a file whose last change is older than this when we
 # hashed it may be trusted by its metadata alone (git's "racily clean" rule).
 _RACY_SECONDS = 2.0
+# A write refused for want of space: the disk is full, or the user's quota is.
+DISK_FULL_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None
+)
 
 log = logs.get("mvbatch.downloads.partfile")
 
@@ -102,19 +110,89 @@ async def check_recorded(
     Trusted unread when `unchanged_since_hashed`; otherwise hashed again (in a
     worker thread) and compared.
     """
+    # One stat takes microseconds: in the loop, not worth a thread trip per file.
+    looked = _look(path, size, recorded_stat, verified_at)
+    if isinstance(looked, Found):
+        return looked
+    # Changed on disk, or too recently hashed to tell: trust the bytes.
+    return _compared(looked, size, sha256, await asyncio.to_thread(sha256_file, path))
+
+
+def check_recorded_now(
+    path: Path,
+    size: int,
+    sha256: str,
+    recorded_stat: str | None,
+    verified_at: str | None,
+    *,
+    seen: bool = False,
+) -> Found:
+    """`check_recorded`, blocking: for the report, which has no event loop.
+
+    `seen`: this process hashed or wrote the file moments ago (the downloader
+    of this run said it is intact), so a `file_stat` as recorded is enough;
+    without it, the "unchanged since hashed" rule decides.
+    """
+    if seen:
+        try:
+            info = path.stat(follow_symlinks=False)
+        except OSError:
+            return Found(intact=False)
+        if stat.S_ISREG(info.st_mode) and file_stat(info) == recorded_stat:
+            return Found(intact=True, size=info.st_size)
+    looked = _look(path, size, recorded_stat, verified_at)
+    if isinstance(looked, Found):
+        return looked
+    return _compared(looked, size, sha256, sha256_file(path))
+
+
+def _look(
+    path: Path, size: int, recorded_stat: str | None, verified_at: str | None
+) -> Found | os.stat_result:
+    """What a stat alone tells: a `Found`, or the stat of a file whose bytes must be read."""
     try:
-        # One stat takes microseconds: in the loop, not worth a thread trip per file.
-        info = path.stat(follow_symlinks=False)  # noqa: ASYNC240
+        info = path.stat(follow_symlinks=False)
     except OSError:
         return Found(intact=False)  # deleted or moved: fetch it again
     if not stat.S_ISREG(info.st_mode):
         return Found(intact=False)
     if unchanged_since_hashed(info, recorded_stat, verified_at):
         return Found(intact=True, size=info.st_size)
-    # Changed on disk, or too recently hashed to tell: trust the bytes.
-    actual = await asyncio.to_thread(sha256_file, path)
+    if info.st_size != size:
+        return Found(intact=False, size=info.st_size)  # no need to read it to tell
+    return info
+
+
+def _compared(info: os.stat_result, size: int, sha256: str, actual: str) -> Found:
     intact = info.st_size == size and actual == sha256
     return Found(intact, info.st_size, file_stat(info) if intact else None)
+
+
+# ------------------------------------------------------------- a full disk
+
+
+def disk_full(error: BaseException, folder: Path, what: str, needed: int | None) -> DiskFull | None:
+    """The `DiskFull` that `error` means (ENOSPC, EDQUOT), or None for any other error.
+
+    `folder` is where `what` (a video, a report) could not be written, and
+    `needed` the bytes it needs; the message adds what is free there now.
+    """
+    if not isinstance(error, OSError) or error.errno not in DISK_FULL_ERRNOS:
+        return None
+    try:
+        found = os.statvfs(folder)
+        free = f"{found.f_bavail * found.f_frsize:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = "its size unknown" if needed is None else f"{needed:,} bytes needed"
+    return DiskFull(
+        f"the disk is full: cannot write {what} in {folder} ({need}, {free}; "
+        f"{error.strerror or 'no space left'})",
+        hint="free some space there (or point MVBATCH_OUTPUT_DIR at a larger disk), then run "
+        "the same command again: what is on disk is kept, and nothing is sent twice",
+        folder=str(folder),
+        needed=needed,
+    )
 
 
 # ------------------------------------------------------------- the part file
@@ -180,7 +258,9 @@ class PartFile:
     or cancelled) the file holds exactly the bytes hashed. After a failed
     write nothing more is written (later bytes would land after a hole): the
     error ends this output, and the next run hashes what the part holds and
-    resumes from there.
+    resumes from there; unless the disk was full, when `give_back()` deletes
+    the part so that its space comes back. `head` keeps the file's first
+    bytes, for the check of what arrived (`verify`).
     """
 
     def __init__(self, fd: int, path: Path, writes: Writes) -> None:
@@ -194,19 +274,27 @@ class PartFile:
         # what is there and continue from its end.
         self.hasher = hashlib.sha256()
         self.have = 0  # bytes received and hashed; all on disk after flush()
+        self.head = b""  # the file's first bytes (HEAD_BYTES at most), for `verify`
         os.lseek(fd, 0, os.SEEK_SET)
         while block := os.read(fd, _HASH_BLOCK):
             self.hasher.update(block)
             self.have += len(block)
+            if len(self.head) < HEAD_BYTES:
+                self._keep_head(block)
 
     def add(self, chunk: bytes) -> bool:
         """Hash and keep `chunk`; True when a batch is due (`await write_batch()`)."""
         self.hasher.update(chunk)
         self.have += len(chunk)
+        if len(self.head) < HEAD_BYTES:
+            self._keep_head(chunk)
         self._pending.append(chunk)
         self._pending_bytes += len(chunk)
         batch = _WRITE_BYTES if self._writes.in_loop else _THREAD_BATCH_BYTES
         return self._pending_bytes >= batch
+
+    def _keep_head(self, chunk: bytes) -> None:
+        self.head += chunk[: HEAD_BYTES - len(self.head)]
 
     async def write_batch(self) -> None:
         """Write what is pending, or start writing it once the batch before it is written."""
@@ -258,11 +346,27 @@ class PartFile:
             os.lseek(self.fd, 0, os.SEEK_SET)
             self.hasher = hashlib.sha256()
             self.have = 0
+            self.head = b""
 
     def discard(self) -> None:
         self.restart()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+    def give_back(self) -> None:
+        """After the disk filled: empty and delete the part, so that its space comes back.
+
+        Only while it is still the part: once renamed into place it is the
+        final file, which is left alone. Nothing more is written to it.
+        """
+        try:
+            here = self.path.stat(follow_symlinks=False).st_ino == os.fstat(self.fd).st_ino
+        except OSError:
+            return
+        if here:
+            os.ftruncate(self.fd, 0)
+            self.path.unlink(missing_ok=True)
+        self._write_error = self._write_error or OSError(errno.ENOSPC, "given back")
 
     async def make_final(self, dest: Path, record: Callable[[str], None]) -> None:
         """Make the flushed part the file `dest`, durably, then `record(file_stat)`.

@@ -2,8 +2,11 @@
 
 Owns: `build_report`: every task of the plan (a task never submitted as the
 plan says of it now), then the ledger's tasks from earlier versions of the
-manifest; shots in manifest order; each shot's prompt; each video's length,
-read from its own MP4 header; and why this run could not fetch an output.
+manifest; shots in manifest order; each shot's prompt; whether each recorded
+video is on disk as recorded (a report never claims a file it has not seen:
+a stat, and the file's bytes when the stat changed, through the part file's
+rule `partfile.check_recorded_now`), each video's length, read from its own
+MP4 header; and why an output is not on disk.
 
 Must not: write to the ledger or the output folder, reach the network, or
 format anything (`formats.py`, `html.py`).
@@ -15,8 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+from mvbatch.downloads import partfile
 from mvbatch.downloads.fetch import DownloadStats, Fetched
-from mvbatch.downloads.naming import variant_pairs
+from mvbatch.downloads.naming import contained, variant_pairs
 from mvbatch.ledger import Output, TaskRow
 from mvbatch.plan import mp4_probe
 from mvbatch.plan.planner import Plan, PlannedTask
@@ -39,7 +43,10 @@ def build_report(
     Tasks come in plan order (shots as in the manifest, then variants and
     takes), then tasks the ledger has from earlier versions of the manifest.
     """
+    fetched = list(fetched)
     failed_now = {(f.key, f.idx): f.error for f in fetched if not f.ok and f.error}
+    # Verified or written by this process's downloader moments ago: a stat will do.
+    seen = {(f.key, f.idx) for f in fetched if f.ok}
     by_key = {row.key: row for row in rows}
     entries: list[TaskEntry] = []
     for task in plan.tasks if plan is not None else ():
@@ -47,12 +54,13 @@ def build_report(
         # A task never submitted is what the plan says of it now (its estimate
         # may use a rate learned since the ledger first saw it).
         entries.append(
-            _from_row(row, outputs, folder, failed_now)
+            _from_row(row, outputs, folder, failed_now, seen)
             if row is not None and row.status != "planned"
             else _from_plan(task)
         )
     entries.extend(
-        _from_row(row, outputs, folder, failed_now, in_plan=plan is None) for row in by_key.values()
+        _from_row(row, outputs, folder, failed_now, seen, in_plan=plan is None)
+        for row in by_key.values()
     )
     shot_order = list(
         dict.fromkeys([s.id for s in plan.manifest.manifest.shots] if plan is not None else [])
@@ -105,25 +113,24 @@ def _from_row(
     outputs: Mapping[str, Sequence[Output]],
     folder: Path,
     failed_now: Mapping[tuple[str, int], str | None],
+    seen: set[tuple[str, int]],
     *,
     in_plan: bool = True,
 ) -> TaskEntry:
     entries = []
     for output in outputs.get(row.key, ()):
-        seconds = None
-        if output.path:
+        where = (row.key, output.idx)
+        gone = _not_on_disk(folder, output, seen=where in seen) if output.path else None
+        if output.path and gone is None:
             seconds = mp4_probe.local_duration(folder / output.path)
-        entries.append(
-            OutputEntry(
-                output.idx,
-                output.url,
-                output.path,
-                output.sha256,
-                output.bytes,
-                seconds,
-                None if output.path else failed_now.get((row.key, output.idx)),
+            entries.append(
+                OutputEntry(
+                    output.idx, output.url, output.path, output.sha256, output.bytes, seconds
+                )
             )
-        )
+        else:
+            why = failed_now.get(where) or gone
+            entries.append(OutputEntry(output.idx, output.url, None, None, None, None, why))
     return TaskEntry(
         row.key,
         row.shot,
@@ -148,3 +155,24 @@ def _from_row(
         in_plan,
         row.cost_prior,
     )
+
+
+def _not_on_disk(folder: Path, output: Output, *, seen: bool) -> str | None:
+    """None when the recorded file is on disk with the bytes recorded; else why it is missing."""
+    assert output.path is not None
+    path = contained(folder, output.path)
+    if path is None:
+        return f"{output.path} is not inside {folder}"
+    found = partfile.check_recorded_now(
+        path,
+        output.bytes or 0,
+        output.sha256 or "",
+        output.file_stat,
+        output.verified_at,
+        seen=seen,
+    )
+    if found.intact:
+        return None
+    if found.size is None:
+        return f"{output.path} is gone (deleted or moved since it was downloaded)"
+    return f"{output.path} changed on disk since it was downloaded (not the bytes recorded)"

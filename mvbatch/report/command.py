@@ -5,7 +5,9 @@ run`: the downloads catch up, then the reports) and `report_command` (`mvbatch
 report`: verify or fetch the videos through the downloader, then the
 reports); writing report.json, report.csv, report.md and report.html into
 `MVBATCH_OUTPUT_DIR/<name>/` next to the videos, secrets redacted
-(`write_report`); and `ReportResult`, what the CLI says afterwards.
+(`write_report`); a full disk (`DiskFull`, exit 4), raised once the reports
+are written, whether the videos or the reports filled it; and `ReportResult`,
+what the CLI says afterwards.
 
 Must not: print (the CLI does), change a task (it only reads the ledger, and
 the downloader records files), choose the manifest's plan or ledger side (the
@@ -24,13 +26,15 @@ from pathlib import Path
 from mvbatch import logs
 from mvbatch.api.client import ApiClient
 from mvbatch.api.endpoint import Endpoint, choose
+from mvbatch.downloads import partfile
 from mvbatch.downloads.fetch import Downloader, DownloadStats, Fetched
 from mvbatch.downloads.naming import report_folder
 from mvbatch.ledger import Ledger, TaskRow
 from mvbatch.money import usd
 from mvbatch.plan.planner import Plan
+from mvbatch.report import formats
 from mvbatch.report.build import build_report
-from mvbatch.report.formats import csv_text, json_text, markdown_text, percent_text, write_atomic
+from mvbatch.report.formats import csv_text, json_text, markdown_text, percent_text
 from mvbatch.report.html import contact_sheet
 from mvbatch.report.model import Report
 from mvbatch.settings import Settings
@@ -41,18 +45,30 @@ log = logs.get("mvbatch.report.command")
 
 
 def write_reports(report: Report, folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    texts = {
-        "json": json_text(report),
-        "csv": csv_text(report),
-        "md": markdown_text(report),
-        "html": contact_sheet(report, folder),
-    }
-    written = {}
-    for kind, text in texts.items():
-        path = folder / FILES[kind]
-        write_atomic(path, logs.redact_text(text))
-        written[kind] = path
+    """The four files, secrets redacted, each replaced atomically; `DiskFull` if space runs out."""
+    written: dict[str, Path] = {}
+    left = list(FILES)  # still to write: each needs its whole size beside the old one
+    data: dict[str, str] = {}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        texts = {
+            "json": json_text(report),
+            "csv": csv_text(report),
+            "md": markdown_text(report),
+            "html": contact_sheet(report, folder),
+        }
+        data = {kind: logs.redact_text(text) for kind, text in texts.items()}
+        for kind, text in data.items():
+            formats.write_atomic(folder / FILES[kind], text)
+            written[kind] = folder / FILES[kind]
+            left.remove(kind)
+    except OSError as error:
+        needed = sum(len(data[kind].encode()) for kind in left) if data else None
+        names = ", ".join(FILES[kind] for kind in left)
+        full = partfile.disk_full(error, folder, f"the reports ({names})", needed)
+        if full is None:
+            raise
+        raise full from None
     return written
 
 
@@ -65,6 +81,9 @@ class ReportResult:
     files: dict[str, Path]
     downloads: DownloadStats | None = None
     fetched: list[Fetched] = field(default_factory=list)
+    # Videos the ledger records as downloaded that the report did not find as
+    # recorded (deleted, moved or changed since): missing even with --no-download.
+    lost: int = 0
 
     @property
     def complete(self) -> bool:
@@ -96,6 +115,8 @@ class ReportResult:
                 f" on {len(variance.off)} of {variance.tasks} finished tasks (charged against "
                 "the plan's estimate)"
             )
+        if r.overrun_text:
+            lines.append(f"cost overrun: {r.overrun_text}")
         downloads = r.download_totals
         lines.append(
             f"videos: {downloads['downloaded']} of {downloads['outputs']} on disk"
@@ -104,6 +125,10 @@ class ReportResult:
         if self.downloads is not None and self.downloads.failed:
             first = self.downloads.errors[0]
             lines.append(f"downloads failed: {self.downloads.failed} (first: {first.error})")
+        elif downloads["missing"]:
+            gone = [o.download_error for t in r.tasks for o in t.outputs if o.download_error]
+            if gone:
+                lines.append(f"not on disk: {len(gone)} (first: {gone[0]})")
         lines.append(f"contact sheet: {self.files['html']}")
         return lines
 
@@ -130,6 +155,9 @@ def write_report(
         name, env, rows, outputs, folder, plan=plan, fetched=fetched, downloads=downloads
     )
     files = write_reports(report, folder)
+    recorded = {(key, o.idx) for key, found in outputs.items() for o in found if o.path}
+    on_disk = {(t.key, o.idx) for t in report.tasks for o in t.outputs if o.path}
+    lost = len(recorded - on_disk)
     log.info(
         "report.written",
         manifest=name,
@@ -137,8 +165,9 @@ def write_report(
         folder=str(folder),
         tasks=len(report.tasks),
         complete=report.complete,
+        lost=lost,
     )
-    return ReportResult(report, folder, files, downloads, list(fetched))
+    return ReportResult(report, folder, files, downloads, list(fetched), lost)
 
 
 async def finish_run(
@@ -149,19 +178,24 @@ async def finish_run(
     `downloader` is the one whose `on_succeeded` the executor called (None
     with `--no-download`); the executor has awaited those calls before it
     returns. Catching up verifies every succeeded task of the manifest and
-    fetches what is still missing (a verified file costs one `stat`).
+    fetches what is still missing (a verified file costs one `stat`). An
+    output this run already tried is not tried again: the report says why it
+    failed, and the next run or `mvbatch report` resumes it.
     """
     fetched: list[Fetched] = []
     stats = None
     if downloader is not None:
         fetched = downloader.results
-        done = {f.key for f in fetched if f.ok}
-        rows = [r for r in ledger.tasks(env, plan.name) if r.key not in done]
+        tried = {f.key for f in fetched if f.outcome != "busy"}
+        rows = [r for r in ledger.tasks(env, plan.name) if r.key not in tried]
         fetched += await downloader.fetch(rows)
         stats = downloader.stats
-    return write_report(
+    result = write_report(
         settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=stats
     )
+    if downloader is not None and downloader.disk_full is not None:
+        raise downloader.disk_full  # the reports say which videos are missing
+    return result
 
 
 def report_command(
@@ -175,15 +209,18 @@ def report_command(
     if not download:
         return write_report(settings, ledger, plan.name, env, plan=plan)
     rows = [r for r in ledger.tasks(env, plan.name) if r.status == "succeeded"]
-    fetched, stats = asyncio.run(_download(settings, ledger, env, rows))
-    return write_report(
-        settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=stats
+    fetched, downloader = asyncio.run(_download(settings, ledger, env, rows))
+    result = write_report(
+        settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=downloader.stats
     )
+    if downloader.disk_full is not None:
+        raise downloader.disk_full  # the reports say which videos are missing
+    return result
 
 
 async def _download(
     settings: Settings, ledger: Ledger, env: str, rows: list[TaskRow]
-) -> tuple[list[Fetched], DownloadStats]:
+) -> tuple[list[Fetched], Downloader]:
     if env == "sim":
         endpoint = choose(settings, simulate=True)
     elif settings.api_key_value() is not None:
@@ -204,8 +241,7 @@ async def _download(
     try:
         async with endpoint.files_client() as files:
             downloader = Downloader(ledger, files, settings.output_dir, refresh=refresh)
-            fetched = await downloader.fetch(rows)
-            return fetched, downloader.stats
+            return await downloader.fetch(rows), downloader
     finally:
         if api is not None:
             await api.aclose()

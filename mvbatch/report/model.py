@@ -41,7 +41,7 @@ from mvbatch.downloads.fetch import DownloadStats
 from mvbatch.downloads.naming import value_text
 from mvbatch.ledger import committed_cost
 from mvbatch.ledger.charges import Charge, charge_of, failures_by_charge, status_words
-from mvbatch.money import json_number, normalize, total
+from mvbatch.money import json_number, normalize, total, usd
 
 PENDING = ("planned", "submitting", "queued", "processing")
 FAILED = ("failed", "rejected")
@@ -248,6 +248,45 @@ class Report:
         return total([t.cost_prior for t in self.tasks])
 
     @property
+    def overbilled(self) -> tuple[TaskEntry, ...]:
+        """Tasks the server charged more than the estimate they were held at."""
+        return tuple(
+            t for t in self.tasks if t.cost_actual is not None and t.cost_actual > t.cost_estimate
+        )
+
+    @property
+    def over_cap(self) -> bool:
+        """What the tasks count for is past the manifest's cap (the server billed more)."""
+        return self.max_usd is not None and self.cost_committed > self.max_usd
+
+    @property
+    def overrun(self) -> Decimal | None:
+        """How far committed is past the cap; None within it (or with no cap)."""
+        if self.max_usd is None or not self.over_cap:
+            return None
+        return normalize(self.cost_committed - self.max_usd)
+
+    @property
+    def overrun_text(self) -> str | None:
+        """One sentence on the bills above their estimates and the cap they broke; or None."""
+        over = self.overbilled
+        if not over and not self.over_cap:
+            return None
+        parts = []
+        if over:
+            worst = max(over, key=lambda t: (t.cost_actual or Decimal(0)) - t.cost_estimate)
+            parts.append(
+                f"the server billed {len(over)} task(s) more than their estimate (the most: "
+                f"{usd(worst.cost_actual)} for {worst.shot} ({worst.key}), estimated at "
+                f"{usd(worst.cost_estimate)})"
+            )
+        if self.over_cap:
+            parts.append(
+                f"committed {usd(self.cost_committed)} is over the cap {usd(self.max_usd)}"
+            )
+        return "; ".join(parts)
+
+    @property
     def failures_by_charge(self) -> list[dict[str, Any]]:
         """Failed, cancelled and rejected tasks by what they cost (`charges.failures_by_charge`)."""
         return failures_by_charge((t.status, t.charge) for t in self.tasks)
@@ -358,6 +397,18 @@ class Report:
                 "cost_prior": json_number(self.cost_prior),
                 "failures_by_charge": self.failures_by_charge,
                 "max_usd": json_number(self.max_usd),
+                "over_cap": self.over_cap,
+                "overrun": json_number(self.overrun),
+                "overbilled": [
+                    {
+                        "key": t.key,
+                        "shot": t.shot,
+                        "cost_estimate": json_number(t.cost_estimate),
+                        "cost_actual": json_number(t.cost_actual),
+                    }
+                    for t in self.overbilled
+                ],
+                "overrun_text": self.overrun_text,
                 "by_model": {k: v.document() for k, v in self.by_model.items()},
                 "by_tier": {k: v.document() for k, v in self.by_tier.items()},
                 "by_shot": {k: v.document() for k, v in self.by_shot.items()},
@@ -413,6 +464,9 @@ DEFINITIONS = {
     "not_charged (rejected before a task existed, or cost_actual 0) or unknown (no "
     "cost_actual: the server's estimate stays counted against the cap)",
     "variance": "the plan's estimate of succeeded tasks against what they were charged",
+    "over_cap": "cost_committed is past max_usd: the server billed more than it estimated",
+    "overrun": "cost_committed minus max_usd when over_cap, else null",
+    "overbilled": "tasks whose cost_actual is above their cost_estimate",
 }
 
 
