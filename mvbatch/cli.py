@@ -3,7 +3,8 @@
 Only this module prints. Every command runs inside `_edge`, the one place that
 maps the error tree (`mvbatch.errors`) to the contract's exit codes; a user
 mistake is a message, an unexpected error is a traceback written to the log
-folder and a line that says where.
+folder (or, if that cannot be written, the temporary folder) and a line that
+says where.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -88,7 +90,11 @@ def _settings() -> Settings:
     try:
         settings = load_settings()
     except ValidationError as error:
-        raise ConfigError(f"invalid settings in the environment: {error}") from None
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']} (got {item['input']!r})"
+            for item in error.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid settings in the environment: {problems}") from None
     logs.register_secret(settings.api_key_value())
     return settings
 
@@ -124,16 +130,15 @@ def _edge(command: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except Exception:
-            where = _write_crash_log()
+            where, words = _write_crash_log()
             terminal.say(
                 Text.assemble(
                     ("internal error", "bold red"),
-                    f": this is a bug in mvbatch. The traceback is in {where}; "
-                    "please attach it to a bug report.",
+                    f": this is a bug in mvbatch. {words}; please attach it to a bug report.",
                 ),
                 event="cli.crashed",
                 level="error",
-                crash_log=str(where),
+                crash_log=None if where is None else str(where),
             )
             raise typer.Exit(ExitCode.UNFINISHED) from None
         raise typer.Exit(ExitCode.OK if code is None else code)
@@ -141,15 +146,34 @@ def _edge(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _write_crash_log() -> Path:
+def _write_crash_log() -> tuple[Path | None, str]:
+    """Write the traceback being handled; return where, and the words that say so.
+
+    Never raises: a bug must not hide behind a second traceback when the state
+    folder cannot be written (a file in the way, a read-only mount). Then the
+    log goes to the system's temporary folder, and if even that fails, the
+    words say what went wrong.
+    """
+    text = logs.redact_text(traceback.format_exc())
+    name = f"crash-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     try:
         folder = Settings().state_dir / "logs"
     except ValidationError:
         folder = Path("state") / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"crash-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
-    path.write_text(logs.redact_text(traceback.format_exc()), encoding="utf-8")
-    return path
+    failures: list[str] = []
+    for where in (folder, Path(tempfile.gettempdir()) / "mvbatch"):
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            path = where / name
+            path.write_text(text, encoding="utf-8")
+        except OSError as error:
+            failures.append(f"{where}: {error.strerror or error}")
+            continue
+        if failures:
+            return path, f"{failures[0]}, so the traceback is in {path}"
+        return path, f"The traceback is in {path}"
+    last = logs.redact_text(traceback.format_exc(limit=0).strip().splitlines()[-1])
+    return None, f"{last}. The traceback could not be written ({'; '.join(failures)})"
 
 
 @app.callback()
@@ -235,7 +259,12 @@ def plan(
     else:
         terminal.print(render.plan_view(the_plan, states))
     if out_file is not None:
-        planfile.write(the_plan, out_file)
+        try:
+            planfile.write(the_plan, out_file)
+        except OSError as error:
+            raise UsageError(
+                f"--out {out_file}: cannot write the plan there ({error.strerror or error})"
+            ) from None
         if as_json:
             terminal.say(f"plan written to {out_file}", event="plan.written", path=str(out_file))
         else:
@@ -359,7 +388,7 @@ def _run_command(
     if simulate and live:
         raise UsageError("--simulate and --live exclude each other")
     settings = _settings()
-    _configure_logs(settings.state_dir / "logs" / "mvbatch.jsonl")
+    # Prepared first: it checks the state folder the log file goes in (exit 4, one line).
     prepared = running.prepare_run(
         manifest,
         settings,
@@ -370,6 +399,7 @@ def _run_command(
         max_wait_minutes=max_wait,
     )
     try:
+        _configure_logs(settings.state_dir / "logs" / "mvbatch.jsonl")
         endpoint = prepared.endpoint
         _say_mode(settings, endpoint, simulate=simulate, live=live)
         terminal.print(render.plan_view(prepared.plan, prepared.states, max_cost=prepared.max_cost))
@@ -413,7 +443,7 @@ def _run_command(
             terminal.print(text, highlight=False)
     if result.interrupted:
         return ExitCode.INTERRUPTED
-    if result.held:
+    if result.held or result.over_cap:  # over it: the server billed more than it estimated
         return ExitCode.BUDGET
     if result.failed or result.pending:
         return ExitCode.UNFINISHED
@@ -525,7 +555,7 @@ def report(
     counts = result.report.counts
     unfinished = sum(counts.get(s, 0) for s in ("failed", "cancelled", "pending", "rejected"))
     missing = result.report.download_totals["missing"]
-    if unfinished or (missing and not no_download):
+    if unfinished or (missing and not no_download) or result.lost:
         return ExitCode.UNFINISHED
     return ExitCode.OK
 

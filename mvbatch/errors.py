@@ -13,14 +13,20 @@
     │   ├── ApiUnavailable ........ 4  the API kept failing: attempts or the retry budget ran out
     │   └── TaskRejected .......... 4  the API refused one request for good (a 4xx): the run
     │                                  records it as that task's outcome, it stops nothing
-    ├── ConfigError ............... 4  settings that make any API call impossible
-    │   └── EndpointMissing ....... 4  the base URL answers as no task API would (a wrong URL)
+    ├── ConfigError ............... 4  settings, folders or files that make the work impossible
+    │   ├── EndpointMissing ....... 4  the base URL answers as no task API would (a wrong URL)
+    │   ├── LedgerDamaged ......... 4  the ledger file is not a sound SQLite database: left as it
+    │   │                              is, copied aside, and the message says how to recover
+    │   └── DiskFull .............. 4  no space left (ENOSPC, EDQUOT) for a video or a report:
+    │                                  names the folder and the bytes needed; nothing half-written
+    │                                  is kept or recorded, and the same command resumes
     └── Interrupted ............. 130  the user pressed Ctrl-C; state is saved
 
     MalformedResponse ................ a 2xx whose body is not what the documentation shows.
                                        Not an MvbatchError: inside `mvbatch.api` a body that is
-                                       not JSON is retried like a dropped connection
-                                       (`ApiUnavailable` when retries run out)
+                                       not a task (not JSON, no task_id, too large, too deeply
+                                       nested) is retried like a dropped connection
+                                       (`ApiUnavailable`, quoting it, when retries run out)
 
 Exit code 1 (some tasks failed) is not an error: it is an outcome, which the
 CLI reads from the run's result. `ExitCode` names every code; only
@@ -173,8 +179,39 @@ class EndpointMissing(ConfigError):
         self.maybe_sent = maybe_sent
 
 
+class LedgerDamaged(ConfigError):
+    """The ledger file is damaged: SQLite finds it is not a database, or not a sound one.
+
+    Raised by `mvbatch.ledger` when it opens the file, before anything is
+    written to it. `path` is the ledger; the message says where its copy is
+    and the hint how to recover (`mvbatch.ledger.connection.check`).
+    """
+
+    def __init__(self, message: str, *, hint: str, path: str) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+
+
+class DiskFull(ConfigError):
+    """The disk refused a write for want of space (ENOSPC) or quota (EDQUOT).
+
+    Raised by `mvbatch.report.command` once the reports are written (or
+    when they cannot be): the downloads stop at the first full write, and the
+    part file is deleted so that its space is given back; nothing is recorded
+    as downloaded. `folder` is where the write failed, `needed` the bytes that
+    write needed (None when unknown). Running the same command again after
+    freeing space resumes.
+    """
+
+    def __init__(self, message: str, *, hint: str, folder: str, needed: int | None) -> None:
+        super().__init__(message, hint=hint)
+        self.folder = folder
+        self.needed = needed
+
+
 class MalformedResponse(Exception):
-    """A 2xx response whose body is not the JSON object the documentation shows.
+    """A 2xx response whose body is not the task the documentation shows; its message
+    says why and quotes the body (redacted, cut short).
 
     Not an `MvbatchError`: inside `mvbatch.api` it means "try again" (see
     `mvbatch.api.retry`); it has no exit code of its own.

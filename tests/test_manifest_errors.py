@@ -27,6 +27,7 @@ from mp4_fixtures import make_mp4
 from typer.testing import CliRunner
 
 from mvbatch.cli import app
+from mvbatch.errors import ManifestError
 
 BAD = Path(__file__).parent / "manifests" / "bad"
 RUNTIME_MP4_SECONDS = {"ref-2s.mp4": 2, "ref-5s.mp4": 5, "ref-12s.mp4": 12}
@@ -155,7 +156,13 @@ def test_every_problem_is_reported(name: str, count: int, workdir: Path) -> None
 
 
 @pytest.mark.parametrize(
-    "name", ["toml-unclosed-string.toml", "model-unknown.toml", "motion-reference-too-long.toml"]
+    "name",
+    [
+        "toml-unclosed-string.toml",
+        "model-unknown.toml",
+        "motion-reference-too-long.toml",
+        "nesting-too-deep-tables.toml",
+    ],
 )
 def test_real_process_exits_2_without_traceback(name: str, workdir: Path) -> None:
     case = BY_NAME[name]
@@ -173,3 +180,134 @@ def test_real_process_exits_2_without_traceback(name: str, workdir: Path) -> Non
     assert done.returncode == 2, output
     assert done.stderr.startswith("error: "), output
     _check_message(case, output)
+
+
+# ------------------------------------------------------------------ too big, too deep
+#
+# Generated here rather than kept in the corpus: each is hundreds of kilobytes.
+
+SHOT = 'name = "deep"\n\n[[shots]]\nid = "deep"\nmodel = "kling-v2-6"\nprompt = "p"\n'
+DEPTH_LIMIT = (
+    "arrays and tables nested more than 32 levels deep, counted from the top of the file "
+    "(the most a manifest may hold)"
+)
+GENERATED = {
+    # tomllib recurses once per level: these are too deep for it to read at all.
+    "arrays-100k-deep.toml": SHOT + "[shots.input]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n",
+    "inline-tables-100k-deep.toml": SHOT
+    + "[shots.input]\nx = "
+    + "{a = " * 100_000
+    + "1"
+    + "}" * 100_000
+    + "\n",
+    # Dotted keys are read without recursion: the depth limit itself refuses these.
+    "table-header-5000-keys.toml": SHOT + "[shots.input." + ".".join(["k"] * 5000) + "]\nv = 1\n",
+    "dotted-key-5000-keys.toml": SHOT + "[shots.input]\n" + ".".join(["k"] * 5000) + " = 1\n",
+}
+GENERATED_ERRORS = {
+    "arrays-100k-deep.toml": f"error: 1 problem in the manifest:\n  arrays-100k-deep.toml:8: "
+    f"{DEPTH_LIMIT}\n",
+    "inline-tables-100k-deep.toml": "error: 1 problem in the manifest:\n  "
+    f"inline-tables-100k-deep.toml:8: {DEPTH_LIMIT}\n",
+    "table-header-5000-keys.toml": "error: 1 problem in the manifest:\n  "
+    f"table-header-5000-keys.toml, shot 'deep', field 'input.k': {DEPTH_LIMIT}\n",
+    "dotted-key-5000-keys.toml": "error: 1 problem in the manifest:\n  "
+    f"dotted-key-5000-keys.toml, shot 'deep', field 'input.k': {DEPTH_LIMIT}\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GENERATED))
+def test_a_manifest_nested_too_deep_is_a_located_error(name: str, workdir: Path) -> None:
+    (workdir / name).write_text(GENERATED[name], encoding="utf-8")
+    result = CliRunner().invoke(app, ["plan", name])
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{name}: the CLI raised {result.exception!r}")
+    assert result.exit_code == 2, result.output
+    assert result.stderr == GENERATED_ERRORS[name]
+    assert not result.stdout
+
+
+def test_a_reviewed_plan_file_nested_too_deep_is_a_located_error(workdir: Path) -> None:
+    # `run PLAN.toml` reads the plan file through the same reader.
+    (workdir / "plan.toml").write_text(
+        'format = "mvbatch-plan/1"\ntasks = ' + "[" * 100_000 + "]" * 100_000 + "\n"
+    )
+    result = CliRunner().invoke(app, ["status", "plan.toml"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: 1 problem in the manifest:\n  plan.toml:2: {DEPTH_LIMIT}\n"
+
+
+def test_ten_million_combinations_are_refused_with_the_count_in_a_real_process(
+    workdir: Path,
+) -> None:
+    case = BY_NAME["matrix-too-large.toml"]
+    done = subprocess.run(
+        [sys.executable, "-m", "mvbatch", "run", _stage(case, workdir)],
+        cwd=workdir,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "error: 1 problem in the manifest:\n  matrix-too-large.toml, shot 'everything', field "
+        "'matrix': the matrix expands to 10,000,000 combinations × 1 take = 10,000,000 tasks, "
+        "more than the 200,000 one manifest may plan; split it into several manifests\n"
+    )
+    assert not (workdir.parent / "state" / "ledger.sqlite").exists()
+
+
+def test_the_task_limit_counts_every_shot_before_any_is_expanded(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mvbatch.plan import manifest, matrix, planner
+
+    monkeypatch.setattr(planner, "MAX_TASKS", 12)
+    expanded: list[int] = []
+    real_expand = matrix.expand
+    monkeypatch.setattr(
+        matrix, "expand", lambda *a, **k: expanded.append(1) or real_expand(*a, **k)
+    )
+    text = (
+        'name = "limit"\n[defaults]\nmodel = "kling-v2-6"\nprompt = "p"\ntakes = 2\n'
+        '[defaults.input]\nmode = "std"\nsize = "16:9"\n'
+        '[[shots]]\nid = "a"\n[shots.matrix]\nduration = [5, 10]\ncfg_scale = [0.1, 0.2, 0.3]\n'
+        '[[shots]]\nid = "b"\n[shots.input]\nduration = 5\n'
+    )
+    (workdir / "limit.toml").write_text(text)
+    loaded = manifest.load(workdir / "limit.toml")
+    with pytest.raises(ManifestError) as refused:
+        planner.plan(loaded)
+    assert str(refused.value) == (
+        "1 problem in the manifest:\n  limit.toml: the shots ask for 14 tasks in all, more "
+        "than the 12 one manifest may plan; the largest, shot 'a', asks for 12 (6 combinations "
+        "× 2 takes); split it into several manifests"
+    )
+    assert not expanded
+    monkeypatch.setattr(planner, "MAX_TASKS", 14)
+    assert len(planner.plan(loaded).tasks) == 14
+
+
+def test_a_matrix_too_intricate_to_count_is_refused_by_its_upper_bound(workdir: Path) -> None:
+    lines = [
+        'name = "intricate"',
+        "[[shots]]",
+        'id = "knot"',
+        'model = "kling-v2-6"',
+        'prompt = "p"',
+        "[shots.matrix]",
+        *(f"x{i} = [0, 1]" for i in range(30)),
+    ]
+    for i in range(29):
+        lines += ["[[shots.matrix.exclude]]", f"x{i} = 0", "x29 = 1"]
+    (workdir / "intricate.toml").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["plan", "intricate.toml"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: 1 problem in the manifest:\n  intricate.toml, shot 'knot', field 'matrix': the "
+        "matrix expands to up to 1,073,741,824 combinations (too intricate to count) × 1 take "
+        "= 1,073,741,824 tasks, more than the 200,000 one manifest may plan; split it into "
+        "several manifests\n"
+    )

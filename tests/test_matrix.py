@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mvbatch.plan.matrix import expand, same
+from mvbatch.plan.matrix import expand, same, size
 
 
 def test_github_example_expanding_configurations() -> None:
@@ -129,3 +129,43 @@ def test_product_size_and_order(axes: dict[str, list[Any]]) -> None:
     assert len(result) == size
     assert result == expand(axes)  # deterministic
     assert all(list(c) == list(axes) for c in result)  # keys in axis order
+
+
+# ------------------------------------------------------------------ counting before expanding
+
+values = st.one_of(st.integers(0, 2), st.booleans(), st.sampled_from(["x", "y"]))
+matrices = st.dictionaries(
+    st.sampled_from("abcd"), st.lists(values, min_size=1, max_size=4), min_size=0, max_size=4
+)
+
+
+@given(matrices, st.data())
+def test_size_is_the_length_of_the_expansion(
+    axes: dict[str, list[Any]], data: st.DataObject
+) -> None:
+    keys = st.sampled_from([*axes, "z"]) if axes else st.just("z")
+    partial = st.dictionaries(keys, values, min_size=1, max_size=3)
+    exclude = data.draw(st.lists(partial, max_size=4))
+    exclude = [e for e in exclude if all(k in axes for k in e)]  # the manifest's rule
+    include = data.draw(st.lists(partial, max_size=4))
+    assert size(axes, exclude, include) == len(expand(axes, exclude, include))
+
+
+def test_size_does_not_expand() -> None:
+    # 10^30 combinations: counting them one by one would never end.
+    axes = {f"axis{i}": list(range(10)) for i in range(30)}
+    assert size(axes) == 10**30
+    assert size(axes, exclude=[{"axis0": 0}]) == 9 * 10**29
+    assert size(axes, exclude=[{"axis0": 0}, {"axis0": 0, "axis1": 1}]) == 9 * 10**29
+    assert size(axes, exclude=[{"axis0": 0}, {"axis1": 1}]) == 10**30 - 19 * 10**28
+    assert size(axes, include=[{"axis0": 99}]) == 10**30 + 1
+    assert size(axes, include=[{"axis0": 9, "extra": 1}]) == 10**30
+    # Forty excludes of one key each: 2^40 groups for inclusion-exclusion, one walk here.
+    binary = {f"x{i}": [0, 1] for i in range(40)}
+    assert size(binary, exclude=[{f"x{i}": 0} for i in range(40)]) == 1
+
+
+def test_size_gives_up_on_excludes_too_intricate_to_count() -> None:
+    # Every exclude stays undecided until the last axis: 2^29 sets of them to follow.
+    axes = {f"x{i}": [0, 1] for i in range(30)}
+    assert size(axes, exclude=[{f"x{i}": 0, "x29": 1} for i in range(29)]) is None

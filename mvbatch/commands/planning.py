@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from mvbatch.commands import folders
 from mvbatch.ledger import learned_rates as ledger_rates
 from mvbatch.ledger import plan_states
 from mvbatch.plan import manifest, media, mp4, mp4_probe, planfile
@@ -46,6 +47,8 @@ def reference_probe(client: httpx.Client) -> ReferenceProbe:
 
 
 def build_plan(path: Path, settings: Settings, env: str | None = None) -> Plan:
+    # The plan reads the rates this ledger learned: nothing but a folder may be in the way.
+    folders.readable(settings.state_dir, folders.STATE)
     target = path
     reviewed: tuple[str, list[str]] | None = None
     if path.suffix == ".toml" and planfile.is_plan_file(path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mvbatch.commands import folders
 from mvbatch.commands.planning import build_plan, default_env
 from mvbatch.ledger import open_ledger
 from mvbatch.plan import manifest
@@ -19,6 +20,8 @@ def report_manifest(path: Path, settings: Settings, *, download: bool) -> Report
     the report files, fetching missing videos unless `download` is False."""
 
     name = manifest.load(path).manifest.name
+    folders.writable(settings.state_dir, folders.STATE)  # the downloads are recorded there
+    folders.writable(settings.output_dir, folders.OUTPUT, name)
     with open_ledger(settings.state_dir) as ledger:
         run = ledger.last_run(name)
         env = str(run["env"]) if run is not None else default_env(settings)

@@ -1,9 +1,10 @@
 """`run`: prepared without a request, then executed with the downloads and the reports.
 
-Owns: preparing a run (endpoint chosen, plan built, ledger opened, budget
-checked) so that the CLI can show the plan, refuse or ask before anything is
-sent; executing it (the executor, then the downloads catching up, then the
-reports) and recording the run's outcome; what Ctrl-C does (`Stopper`).
+Owns: preparing a run (endpoint chosen, the state and output folders checked,
+plan built, ledger opened, budget checked) so that the CLI can show the plan,
+refuse or ask before anything is sent; executing it (the executor, then the
+downloads catching up, then the reports), recording the run's outcome and
+backing the ledger up after a run that ended; what Ctrl-C does (`Stopper`).
 Must not: print (the CLI watches through `watch` and `Stopper`'s callbacks).
 """
 
@@ -23,10 +24,11 @@ from typing import Any
 from mvbatch import logs
 from mvbatch.api.client import ApiClient, pool_size
 from mvbatch.api.endpoint import Endpoint, choose
+from mvbatch.commands import folders
 from mvbatch.commands.planning import build_plan, planned_rows
 from mvbatch.downloads.fetch import Downloader
 from mvbatch.errors import MvbatchError, UsageError
-from mvbatch.ledger import Ledger, TaskRow, open_ledger
+from mvbatch.ledger import Ledger, TaskRow, keep_backup, open_ledger
 from mvbatch.plan.planner import Plan
 from mvbatch.report import command as report
 from mvbatch.report.command import ReportResult
@@ -91,7 +93,12 @@ def prepare_run(
     max_wait = DEFAULT_MAX_WAIT if max_wait_minutes is None else max_wait_minutes * 60
     speed = settings.sim_speed
     endpoint = choose(settings, simulate, sim_speed=speed)
+    # Every folder the run will write in, before the first request: a task
+    # must never be charged and then have nowhere to be recorded or saved.
+    sim = ("sim",) if endpoint.simulated else ()
+    folders.writable(settings.state_dir, folders.STATE, "logs", *sim)
     the_plan = build_plan(path, settings, endpoint.env)
+    folders.writable(settings.output_dir, folders.OUTPUT, the_plan.name)
     ledger = open_ledger(settings.state_dir)
     try:
         rows = {r.key: r for r in ledger.tasks(endpoint.env, the_plan.name)}
@@ -195,6 +202,7 @@ async def execute(
         endpoint.env, the_plan.name, endpoint.base_url, prepared.cap, prepared.concurrency
     )
     outcome = "crashed"
+    ended = False  # the run came to its end: the ledger is backed up after it
     api = ApiClient(endpoint.api_client(max_connections=pool_size(prepared.concurrency)))
     files = endpoint.files_client() if download else None
     try:
@@ -237,12 +245,15 @@ async def execute(
                 log.info("run.downloads_interrupted", manifest=the_plan.name)
                 result = dataclasses.replace(result, interrupted=True, downloads_interrupted=True)
                 outcome = "interrupted"
+        ended = not result.interrupted
         return RunOutcome(result, written)
     except (asyncio.CancelledError, KeyboardInterrupt):
         outcome = "interrupted"  # cancelled by the caller, in either phase
         raise
     finally:
         ledger.finish_run(run_id, outcome)
+        if ended:
+            keep_backup(prepared.settings.state_dir)
         await api.aclose()
         if files is not None:
             await files.aclose()
@@ -275,7 +286,7 @@ async def _download_and_report(
 def _outcome(result: RunResult) -> str:
     if result.interrupted:
         return "interrupted"
-    if result.held:
+    if result.held or result.over_cap:
         return "budget"
     if result.failed:
         return "failed_tasks"

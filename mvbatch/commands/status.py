@@ -6,6 +6,8 @@ Must not: send anything but the reference-video header requests planning reads.
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 from mvbatch import logs
 from mvbatch.commands.planning import build_plan, default_env
 from mvbatch.errors import MvbatchError
-from mvbatch.ledger import IN_FLIGHT, STATUSES, TaskRow, open_ledger
+from mvbatch.ledger import IN_FLIGHT, STATUSES, Ledger, TaskRow, open_ledger
 from mvbatch.ledger.charges import charge_of, failures_by_charge
 from mvbatch.plan import manifest, planfile
 from mvbatch.plan.planner import Plan
@@ -44,6 +46,7 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     name = loaded.manifest.name
     cap = loaded.manifest.budget.max_usd
     rows: list[TaskRow] = []
+    unknown: dict[str, int] = {}
     run: dict[str, Any] | None = None
     env = default_env(settings)
     if (settings.state_dir / "ledger.sqlite").is_file():
@@ -52,6 +55,7 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
             if run is not None:
                 env = str(run["env"])
             rows = ledger.tasks(env, name)
+            unknown = _unknown_statuses(ledger, env, rows)
     the_plan, plan_error = _status_plan(path, settings, env, bool(rows))
     planned = {t.key: t for t in the_plan.tasks} if the_plan is not None else None
     if planned is not None:
@@ -104,10 +108,30 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
             "not_in_ledger": len(unseen),
         },
         "plan_error": plan_error,
+        # Tasks a run let go in a status the API docs do not list, by that status.
+        "unknown_status": {"tasks": sum(unknown.values()), "statuses": unknown},
         "last_run": None
         if run is None
         else {k: run[k] for k in ("id", "started_at", "finished_at", "outcome")},
     }
+
+
+def _unknown_statuses(ledger: Ledger, env: str, rows: list[TaskRow]) -> dict[str, int]:
+    """How many tasks in flight a run let go in an undocumented status, by that status.
+
+    Such a task keeps the server's words in `error` while in flight, and the
+    event that let it go names the status (`run/follow.py`).
+    """
+    found: Counter[str] = Counter()
+    for row in rows:
+        if row.status not in IN_FLIGHT or not row.error:
+            continue
+        for event in reversed(ledger.events(env, row.key)):
+            detail = json.loads(event["detail"]) if event["detail"] else {}
+            if detail.get("server_status"):
+                found[str(detail["server_status"])] += 1
+                break
+    return dict(sorted(found.items()))
 
 
 def _status_plan(

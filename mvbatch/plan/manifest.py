@@ -1,10 +1,11 @@
 """The TOML manifest: its keys (SPEC §3), read strictly, with located errors.
 
-Owns: parsing the file, the pydantic models of every key (`extra="forbid"`,
-so a typo is an error, not a silently ignored setting), and turning parser
-and validation errors into `Problem`s that name the file, the shot, the field
-and what was expected. It does not expand matrices or look at models: that is
-the planner's job.
+Owns: reading TOML files (`read_toml`, the one reader of manifests and
+reviewed plans, with the nesting limit `MAX_NESTING`), the pydantic models of
+every key (`extra="forbid"`, so a typo is an error, not a silently ignored
+setting), and turning parser and validation errors into `Problem`s that name
+the file, the shot, the field and what was expected. It does not expand
+matrices or look at models: that is the planner's job.
 """
 
 from __future__ import annotations
@@ -30,6 +31,16 @@ from pydantic import (
 from mvbatch.errors import ManifestError, Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# How deep tables and arrays may nest in a TOML file mvbatch reads, counted
+# from the top of the file (`[[shots]]` is level 1, a shot 2, its `input` 3,
+# so an input value may hold 29 more). Far more than any model's input needs,
+# and it keeps every walk over a manifest's values (pydantic, the date check,
+# canonical JSON, the payload) well inside Python's recursion limit.
+MAX_NESTING = 32
+TOO_DEEP = (
+    f"arrays and tables nested more than {MAX_NESTING} levels deep, counted from the top "
+    "of the file (the most a manifest may hold)"
+)
 MAX_TAKES = 100
 RESERVED_MATRIX_KEYS = ("include", "exclude")
 
@@ -134,6 +145,24 @@ def display_path(path: Path) -> str:
 
 
 def load(path: Path) -> LoadedManifest:
+    raw, data = read_toml(path)
+    shown = display_path(path)
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as error:
+        raise ManifestError(_problems(shown, data, error)) from None
+    problems = _consistency(shown, manifest)
+    if problems:
+        raise ManifestError(problems)
+    return LoadedManifest(path=path, sha256=hashlib.sha256(raw).hexdigest(), manifest=manifest)
+
+
+def read_toml(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """A TOML file's bytes and document, or a `ManifestError` that says where it went wrong.
+
+    The one reader of manifests and reviewed plans: a file that cannot be
+    read, is not UTF-8, is not TOML, or nests deeper than `MAX_NESTING`.
+    """
     shown = display_path(path)
     try:
         raw = path.read_bytes()
@@ -149,14 +178,63 @@ def load(path: Path) -> LoadedManifest:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ManifestError([_toml_problem(shown, error)]) from None
-    try:
-        manifest = Manifest.model_validate(data)
-    except ValidationError as error:
-        raise ManifestError(_problems(shown, data, error)) from None
-    problems = _consistency(shown, manifest)
-    if problems:
-        raise ManifestError(problems)
-    return LoadedManifest(path=path, sha256=hashlib.sha256(raw).hexdigest(), manifest=manifest)
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
+        raise ManifestError([Problem(shown, TOO_DEEP, line=_first_too_deep_line(text))]) from None
+    deep = _too_deep(data)
+    if deep is not None:
+        raise ManifestError([_deep_problem(shown, data, deep)])
+    return raw, data
+
+
+def _first_too_deep_line(text: str) -> int:
+    """The line where tomllib runs out of stack: the first whose prefix it cannot read.
+
+    tomllib reads from the start, so a prefix fails that way exactly when it
+    holds that line; a binary search needs a few dozen partial reads.
+    """
+    lines = text.splitlines(keepends=True)
+    low, high = 1, len(lines)
+    while low < high:
+        middle = (low + high) // 2
+        try:
+            tomllib.loads("".join(lines[:middle]))
+        except RecursionError:
+            high = middle
+            continue
+        except tomllib.TOMLDecodeError:
+            pass
+        low = middle + 1
+    return low
+
+
+def _too_deep(document: dict[str, Any]) -> tuple[str | int, ...] | None:
+    """Where a table or array sits deeper than `MAX_NESTING`, or None. No recursion:
+    dotted keys nest tables as deep as the file likes without tomllib recursing."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(document, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_NESTING:
+            return path
+        children = value.items() if isinstance(value, dict) else enumerate(value)
+        stack.extend(
+            (child, (*path, key)) for key, child in children if isinstance(child, (dict, list))
+        )
+    return None
+
+
+def _deep_problem(file: str, data: Any, path: tuple[str | int, ...]) -> Problem:
+    """Located at the shot and the key a person would look for (`input.x`), not at the
+    thirty levels below it."""
+    shot = None
+    if len(path) >= 2 and path[0] == "shots" and isinstance(path[1], int):
+        shot, path = _shot_label(data, path[1]), path[2:]
+    keys: list[str] = []
+    for part in path:
+        if isinstance(part, int) or len(keys) == 2:
+            break
+        keys.append(part)
+    return Problem(file, TOO_DEEP, shot=shot, field=".".join(keys) or None)
 
 
 def _consistency(file: str, manifest: Manifest) -> list[Problem]:

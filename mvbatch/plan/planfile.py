@@ -8,7 +8,6 @@ exactly what was reviewed or refuses.
 from __future__ import annotations
 
 import os
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import tomli_w
 
 from mvbatch.errors import ManifestError, Problem
-from mvbatch.plan.manifest import display_path
+from mvbatch.plan.manifest import display_path, read_toml
 from mvbatch.plan.planner import Plan
 
 FORMAT = "mvbatch-plan/1"
@@ -58,22 +57,20 @@ def write(plan: Plan, out: Path) -> None:
 
 def is_plan_file(path: Path) -> bool:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle).get("format") == FORMAT
-    except (OSError, ValueError):  # TOMLDecodeError and UnicodeDecodeError are ValueErrors
+        return read_toml(path)[1].get("format") == FORMAT
+    except ManifestError:  # unreadable, not TOML, nested too deep: the manifest reader says so
         return False
 
 
 def read(path: Path) -> tuple[Path, str, list[str]]:
     """The manifest path, its reviewed hash and the reviewed task keys."""
     shown = display_path(path)
+    document = read_toml(path)[1]
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
         manifest = (path.parent / document["manifest"]).resolve()
         keys = [task["key"] for task in document["tasks"]]
         return manifest, str(document["manifest_sha256"]), keys
-    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError) as error:
+    except (KeyError, TypeError) as error:
         raise ManifestError([Problem(shown, f"not a readable mvbatch plan ({error})")]) from None
 
 

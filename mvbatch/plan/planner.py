@@ -10,6 +10,7 @@ network access is reading MP4 headers of reference videos given by URL.
 from __future__ import annotations
 
 import gc
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ from mvbatch.plan.pricing import Estimate, PriceBook
 
 PORTABLE_ASPECT = "aspect_ratio"
 Variant = tuple[tuple[str, Any], ...]
+# The most tasks (matrix combinations times takes, over every shot) one manifest
+# may ask for; counted before any matrix is expanded (`_refuse_too_many`).
+# Twice the 100,000 tasks the planning benchmark plans in about 2 s and
+# 140 MB; ten million would take minutes and every gigabyte there is.
+MAX_TASKS = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,7 @@ def plan(
     loaded: LoadedManifest, prices: PriceBook | None = None, probe: ReferenceProbe | None = None
 ) -> Plan:
     builder = _Builder(loaded, prices or PriceBook(), probe or no_probe)
+    _refuse_too_many(loaded)
     with _without_cyclic_gc():
         for shot in loaded.manifest.shots:
             _plan_shot(builder, shot)
@@ -128,6 +135,70 @@ def plan(
     # A variant asked for twice is checked twice: say each warning once.
     warnings = tuple(dict.fromkeys(builder.warnings))
     return Plan(loaded, tasks, warnings, duplicates)
+
+
+@dataclass(frozen=True, slots=True)
+class _Size:
+    shot: str
+    combinations: int  # after exclude and include
+    takes: int
+    exact: bool = True  # False: the excludes were too intricate to count; an upper bound
+
+    @property
+    def tasks(self) -> int:
+        return self.combinations * self.takes
+
+    def describe(self) -> str:
+        takes = f"{self.takes} take" + ("" if self.takes == 1 else "s")
+        if self.exact:
+            return f"{self.combinations:,} combinations × {takes}"
+        return f"up to {self.combinations:,} combinations (too intricate to count) × {takes}"
+
+
+def _refuse_too_many(loaded: LoadedManifest) -> None:
+    """Every shot's tasks, counted without expanding a matrix; over `MAX_TASKS`, refused."""
+    defaults = loaded.manifest.defaults
+    sizes = []
+    for shot in loaded.manifest.shots:
+        spec, exact = shot.matrix, True
+        count: int | None = 1
+        if spec is not None:
+            count = matrix.size(spec.axes, spec.exclude, spec.include)
+            if count is None:
+                exact = False
+                count = math.prod(len(v) for v in spec.axes.values()) + len(spec.include)
+        # A matrix that leaves nothing plans the shot once, as `_plan_shot` does.
+        sizes.append(_Size(shot.id, count or 1, shot.takes or defaults.takes or 1, exact))
+    total = sum(s.tasks for s in sizes)
+    if total <= MAX_TASKS:
+        return
+    file, limit = loaded.display, f"{MAX_TASKS:,}"
+    split = "split it into several manifests"
+    over = [s for s in sizes if s.tasks > MAX_TASKS]
+    if over:
+        raise ManifestError(
+            [
+                Problem(
+                    file,
+                    f"the matrix expands to {s.describe()} = {s.tasks:,} tasks, more than the "
+                    f"{limit} one manifest may plan; {split}",
+                    shot=s.shot,
+                    field="matrix",
+                )
+                for s in over
+            ]
+        )
+    largest = max(sizes, key=lambda s: s.tasks)
+    raise ManifestError(
+        [
+            Problem(
+                file,
+                f"the shots ask for {total:,} tasks in all, more than the {limit} one manifest "
+                f"may plan; the largest, shot '{largest.shot}', asks for {largest.tasks:,} "
+                f"({largest.describe()}); {split}",
+            )
+        ]
+    )
 
 
 @contextmanager

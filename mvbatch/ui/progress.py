@@ -298,16 +298,18 @@ def result_view(result: RunResult, command: str, *, report: Report | None = None
         text.append(f"\n{words}: {shot} {key}: {message}", "red")
     if len(result.failures) > 10:
         text.append(f"\n... and {len(result.failures) - 10} more (see `mvbatch report`)", "red")
-    if result.unfollowed_message:
-        text.append(f"\nwarning: {result.unfollowed_message}", "bold yellow")
-    if result.overdue_message:
-        text.append(f"\nwarning: {result.overdue_message}", "bold yellow")
+    for warning in (result.unfollowed_message, result.overdue_message, result.unresolved_message):
+        if warning:  # tasks this run could not follow to their end
+            text.append(f"\nwarning: {warning}", "bold yellow")
     if result.held:
         text.append(
             f"\nbudget: {result.held_reason or f'{result.held} task(s) held'}; "
             "nothing was submitted over the cap",
             "yellow",
         )
+    if result.overrun_message:
+        over = "over the cap" if result.over_cap else "warning"
+        text.append(f"\n{over}: {result.overrun_message}", "bold red")
     if result.downloads_interrupted:
         text.append(
             "\ninterrupted during the downloads: files being fetched are kept in part and "
@@ -387,6 +389,15 @@ def status_view(doc: Mapping[str, Any]) -> RenderableType:
         f"estimated {usd(_decimal(left['cost_estimate']))} (the server's estimate once submitted, "
         "the plan's before)"
     )
+    unknown = doc.get("unknown_status") or {}
+    if unknown.get("tasks"):
+        statuses = ", ".join(f"{s} {n}" for s, n in unknown["statuses"].items())
+        text.append(
+            f"\nwarning: {unknown['tasks']} task(s) in a status the API docs do not list "
+            f"({statuses}): let go by the last run, in flight here; `mvbatch run` asks the "
+            "server about them again",
+            "yellow",
+        )
     plan = doc.get("plan")
     if plan and plan["not_in_ledger"] and doc.get("last_run"):
         text.append(f"; {plan['not_in_ledger']} of them added to the manifest since it last ran")
