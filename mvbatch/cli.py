@@ -39,28 +39,8 @@ from mvbatch.errors import (
 from mvbatch.money import usd
 from mvbatch.settings import Settings, load_settings
 from mvbatch.sim.command import register as register_sim_command
+from mvbatch.ui.help import EPILOG, mode_line
 from mvbatch.ui.terminal import Terminal
-
-EPILOG = """\b
-Exit codes: 0 everything asked for succeeded; 1 some tasks failed, were
-cancelled or were not finished; 2 usage or manifest error (nothing
-submitted); 3 refused by the budget (nothing over the cap submitted);
-4 API, authentication or configuration error; 130 interrupted (resume by
-running the same command again).
-
-\b
-Environment:
-  MINDVIDEO_API_KEY   the API key; unset means the built-in simulator. Also
-                      read from a .env file in the working directory (every
-                      run says which source chose live or simulated mode).
-  MINDVIDEO_BASE_URL  API base URL (default https://api.mindvideo.ai/api/v1)
-  MVBATCH_STATE_DIR   the ledger and the logs (default ./state)
-  MVBATCH_OUTPUT_DIR  videos and reports (default ./outputs)
-
-\b
-Log file: MVBATCH_STATE_DIR/logs/mvbatch.jsonl (JSON lines, every event from
-info up); an unexpected error's traceback goes beside it as crash-*.log.
-"""
 
 app = typer.Typer(
     name="mvbatch",
@@ -454,27 +434,14 @@ def _run_command(
 
 def _say_mode(settings: Settings, endpoint: Any, *, simulate: bool, live: bool) -> None:
     """Say which mode this run is in and what chose it (never the key itself)."""
-    if endpoint.simulated:
-        why = "--simulate" if simulate else "no MINDVIDEO_API_KEY in the environment or in ./.env"
-        terminal.say(
-            f"simulated ({why}): the built-in simulator, nothing is charged"
-            + ("" if simulate else "; set MINDVIDEO_API_KEY for real videos"),
-            event="run.mode",
-            style="bold cyan",
-            mode="simulated",
-            source="--simulate" if simulate else "no key",
-        )
-        return
-    source = settings.key_source() or "?"
-    terminal.say(
-        f"live: MINDVIDEO_API_KEY from {source}{' (--live)' if live else ''}, "
-        f"API {endpoint.base_url}: tasks are charged to your account",
-        event="run.mode",
-        style="bold magenta",
-        mode="live",
-        source=source,
+    text, style, fields = mode_line(
+        simulated=endpoint.simulated,
+        forced=simulate,
+        live_flag=live,
+        key_source=settings.key_source(),
         base_url=endpoint.base_url,
     )
+    terminal.say(text, event="run.mode", style=style, **fields)
 
 
 def _usd_option(text: str | None) -> Any:
