@@ -181,7 +181,7 @@ async def execute(
     salt: str,
     delay_weight: float = DELAY_WEIGHT,
 ) -> Measured:
-    settings = Settings(state_dir=folder / "state", output_dir=folder / "out")
+    settings = Settings(MVBATCH_STATE_DIR=folder / "state", MVBATCH_OUTPUT_DIR=folder / "out")
     path = write_manifest(folder, name, tasks, salt)
     the_plan = build_plan(path, settings, "live")
     endpoint = Endpoint("live", sim.base + "/api/v1", "mv_bench_key")

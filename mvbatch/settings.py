@@ -19,8 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import httpx
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mvbatch.errors import ConfigError
@@ -32,27 +31,23 @@ SIM_SPEED_VARIABLE = "MVBATCH_SIM_SPEED"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", populate_by_name=True)
+    # Only the contract's names are read, from the environment, a `.env` or
+    # keyword arguments (`Settings(MVBATCH_STATE_DIR=...)`): a bare `BASE_URL`
+    # or `API_KEY` meant for another program must never send our key to its
+    # host or turn a simulated run into a paid one.
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore")
 
-    api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("MINDVIDEO_API_KEY", "api_key")
-    )
-    base_url: str = Field(
-        default=DEFAULT_BASE_URL, validation_alias=AliasChoices("MINDVIDEO_BASE_URL", "base_url")
-    )
-    state_dir: Path = Field(
-        default=Path("state"), validation_alias=AliasChoices("MVBATCH_STATE_DIR", "state_dir")
-    )
-    output_dir: Path = Field(
-        default=Path("outputs"), validation_alias=AliasChoices("MVBATCH_OUTPUT_DIR", "output_dir")
-    )
+    api_key: SecretStr | None = Field(default=None, validation_alias="MINDVIDEO_API_KEY")
+    base_url: str = Field(default=DEFAULT_BASE_URL, validation_alias="MINDVIDEO_BASE_URL")
+    state_dir: Path = Field(default=Path("state"), validation_alias="MVBATCH_STATE_DIR")
+    output_dir: Path = Field(default=Path("outputs"), validation_alias="MVBATCH_OUTPUT_DIR")
     # Divides the built-in simulator's latencies (0: tasks end when created);
     # the demo runs at 1, tests at 0.
     sim_speed: float = Field(
         default=1.0,
         ge=0,
         allow_inf_nan=False,
-        validation_alias=AliasChoices(SIM_SPEED_VARIABLE, "sim_speed"),
+        validation_alias=SIM_SPEED_VARIABLE,
     )
 
     def key_source(self) -> str | None:
@@ -83,6 +78,8 @@ class Settings(BaseSettings):
 
 def _shown(value: str) -> str:
     """A base URL for a message: without what may be secret (user info, query, fragment)."""
+    import httpx  # here, not at the top: `mvbatch --help` imports settings, never httpx
+
     try:
         url = httpx.URL(value)
         value = str(url.copy_with(username=None, password=None, query=None, fragment=None))
@@ -92,7 +89,12 @@ def _shown(value: str) -> str:
 
 
 def base_url_problem(value: str) -> str | None:
-    """What keeps `value` from being the task API's base URL, or None if nothing does."""
+    """What keeps `value` from being the task API's base URL, or None if nothing does.
+
+    Parsed by httpx itself, so what passes here is what the client will send to.
+    """
+    import httpx  # here, not at the top: `mvbatch --help` imports settings, never httpx
+
     try:
         url = httpx.URL(value)
     except httpx.InvalidURL as error:

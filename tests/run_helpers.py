@@ -74,7 +74,7 @@ def shots(count: int, prefix: str = "s", **shot: Any) -> list[dict[str, Any]]:
 
 
 def planned(path: Path, state_dir: Path, env: str = "sim") -> Plan:
-    return build_plan(path, Settings(state_dir=state_dir), env)
+    return build_plan(path, Settings(MVBATCH_STATE_DIR=state_dir), env)
 
 
 def prepare_ledger(state_dir: Path, plan: Plan, env: str = "sim") -> Ledger:

@@ -666,7 +666,7 @@ async def test_a_task_in_an_undocumented_status_is_let_go_and_kept_in_flight(
     assert len(let_go) == 1
     assert let_go[0]["log_level"] == "warning"
     assert let_go[0]["status"] == "expired"
-    document = status_document(plan.manifest.path, Settings(state_dir=tmp_path / "state"))
+    document = status_document(plan.manifest.path, Settings(MVBATCH_STATE_DIR=tmp_path / "state"))
     assert document["unknown_status"] == {"tasks": 1, "statuses": {"expired": 1}}
 
 
@@ -800,7 +800,7 @@ def test_the_cli_lets_go_of_an_expired_task_and_status_says_so(tmp_path: Path) -
 def test_a_base_url_that_is_not_an_http_url_with_a_host_is_a_config_error(
     value: str, reason: str
 ) -> None:
-    settings = Settings(api_key="sk-test-123456", base_url=value)
+    settings = Settings(MINDVIDEO_API_KEY="sk-test-123456", MINDVIDEO_BASE_URL=value)
     with pytest.raises(ConfigError, match="MINDVIDEO_BASE_URL") as raised:
         settings.api_base_url()
     assert reason in raised.value.message
@@ -809,7 +809,7 @@ def test_a_base_url_that_is_not_an_http_url_with_a_host_is_a_config_error(
 
 def test_a_good_base_url_is_taken_as_given() -> None:
     for value in ("https://api.mindvideo.ai/api/v1", " http://127.0.0.1:8080/api/v1/ "):
-        assert Settings(base_url=value).api_base_url() == value.strip()
+        assert Settings(MINDVIDEO_BASE_URL=value).api_base_url() == value.strip()
 
 
 @pytest.mark.parametrize(
@@ -829,3 +829,17 @@ def test_the_cli_says_a_bad_base_url_is_a_config_error(
     assert "MINDVIDEO_BASE_URL" in outcome.stderr
     assert reason in outcome.stderr
     outcome.assert_key_nowhere(key)
+
+
+@pytest.mark.parametrize("where", [0, 480, 495, 499])
+def test_a_key_straddling_the_cut_of_a_message_never_shows_in_part(where: int) -> None:
+    """Server text is redacted whole, then cut: a key across the limit must not leave a piece."""
+    from mvbatch.api.responses import events_body, server_message, words
+
+    key = "sk-straddle-" + "0123456789abcdef" * 3
+    logs.register_secret(key)
+    text = "x" * where + key + " tail"
+    for body in (text.encode(), json.dumps({"error": {"message": text}}).encode()):
+        response = httpx.Response(400, content=body)
+        for shown in (server_message(response), words(body), str(events_body(response))):
+            assert not any(key[i : i + 8] in shown for i in range(len(key) - 8)), shown

@@ -216,6 +216,49 @@ def test_the_ledger_reserves_each_intent_against_one_cap_that_every_process_shar
         assert (detail["reserved"], detail["committed"], detail["cap"]) == ("0.0414", "0", "0.1")
 
 
+def test_an_intent_on_a_row_another_process_moved_on_writes_nothing(tmp_path: Path) -> None:
+    """Two processes both saw a task `planned`; the first sent it. The second's intent,
+    read before, must not undo that (its status, its task id): nothing is written."""
+    state = tmp_path / "state"
+    plan = planned(write_manifest(tmp_path, "t", shots(1)), state)
+    (key,) = (t.key for t in plan.tasks)
+
+    def intent(ledger: Ledger, target: str) -> Reservation:
+        return ledger.record_intent(
+            "sim",
+            target,
+            previous="planned",
+            submit_key=target,
+            attempt=0,
+            run_id=None,
+            estimate=Decimal("0.0414"),
+            cap=Decimal(1),
+        )
+
+    with prepare_ledger(state, plan) as one, open_ledger(state) as two:
+        assert intent(one, key).granted
+        one.record_submitted(
+            "sim",
+            key,
+            task_id="t-1",
+            request_id=None,
+            status="queued",
+            cost_estimate=Decimal("0.0414"),
+            run_id=None,
+        )
+        stale = intent(two, key)
+        assert not stale.granted
+        assert stale.stale
+        row = two.task("sim", key)
+        assert row is not None
+        assert (row.status, row.task_id) == ("queued", "t-1")
+        assert row.committed == Decimal("0.0414")  # counted once, not twice
+        # A key the ledger never saw: no intent could be recovered after a crash.
+        unknown = intent(two, "mvb1-" + "0" * 32)
+        assert not unknown.granted
+        assert unknown.stale
+
+
 def test_an_intent_counts_for_the_estimate_it_was_reserved_at(tmp_path: Path) -> None:
     # A rate learned since the plan (0.058 here, the plan said 0.0414): until
     # its POST is answered, the task stands for what was reserved.

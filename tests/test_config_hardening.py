@@ -379,3 +379,19 @@ def test_a_healthy_ledger_is_not_copied(healthy_state: Path, tmp_path: Path) -> 
     shutil.copytree(healthy_state, state)
     assert invoke(["status", str(_manifest(tmp_path))]).exit_code == 0
     assert not list(state.glob("ledger.sqlite.damaged-*"))
+
+
+def test_only_the_contracts_names_are_read_never_a_bare_base_url_or_api_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A `BASE_URL` or `API_KEY` set for another program must not send our key to its host
+    or turn a simulated run into a paid one (env lookup ignores case)."""
+    from mvbatch.settings import DEFAULT_BASE_URL, Settings
+
+    monkeypatch.setenv("BASE_URL", "http://evil.test/api/v1")
+    monkeypatch.setenv("API_KEY", "foreign-key-0123456789")
+    monkeypatch.setenv("state_dir", "/nowhere")
+    settings = Settings()
+    assert settings.base_url == DEFAULT_BASE_URL
+    assert settings.api_key_value() is None
+    assert str(settings.state_dir) != "/nowhere"

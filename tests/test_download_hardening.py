@@ -481,7 +481,9 @@ def simulated_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Pat
     from mvbatch.api.endpoint import choose
     from mvbatch.run.executor import Executor
 
-    settings = Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "outputs")
+    settings = Settings(
+        MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "outputs"
+    )
     monkeypatch.setenv("MVBATCH_STATE_DIR", str(settings.state_dir))
     monkeypatch.setenv("MVBATCH_OUTPUT_DIR", str(settings.output_dir))
     path = tmp_path / "demo.toml"
@@ -532,7 +534,9 @@ def test_report_on_a_full_disk_writes_the_reports_then_stops_and_resumes_after(
 def test_a_full_disk_when_writing_the_reports_says_so_and_leaves_no_temp_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    settings = Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "outputs")
+    settings = Settings(
+        MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "outputs"
+    )
     ledger = open_ledger(settings.state_dir)
     add_task(ledger, ENV, task_row("mvb1-" + "r" * 32, "shot"), urls=["https://x.test/v.mp4"])
     write_report(settings, ledger, "demo", ENV)
@@ -704,3 +708,14 @@ def test_downloads_retry_under_the_one_retry_policy(ledger: Ledger, output_dir: 
     assert [e["attempt"] for e in retries] == [1, 2, 3]
     for n, event in enumerate(retries, start=1):
         assert 0 <= event["wait"] <= policy.backoff.ceiling(n)
+
+
+@pytest.mark.parametrize("url", ["https://[bad]/x.mp4", "https://host:abc/x", "ftp://host/x"])
+def test_a_url_no_client_can_fetch_is_a_reason_not_a_traceback(url: str) -> None:
+    """A server's malformed output URL fails that output (`Fatal`: a reason in the report);
+    it must not escape as ValueError/InvalidURL and stop every other download."""
+    from mvbatch.downloads.request import Fatal, check_url, host_of
+
+    with pytest.raises(Fatal):
+        check_url(url)
+    assert isinstance(host_of(url), str)

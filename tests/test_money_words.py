@@ -56,7 +56,7 @@ def exact(text: str) -> Any:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "outputs")
+    return Settings(MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "outputs")
 
 
 # ------------------------------------------------------- the cap and its source

@@ -80,7 +80,7 @@ CONTRACT_TOTALS = {
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "outputs")
+    return Settings(MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "outputs")
 
 
 @pytest.fixture

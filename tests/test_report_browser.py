@@ -68,7 +68,9 @@ duration = [5, 10]
 
 def build_sheet(tmp_path: Path) -> tuple[ReportResult, int]:
     """A report with 5 downloaded videos, 1 failure, 1 task running and 1 never submitted."""
-    settings = Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "out dir")
+    settings = Settings(
+        MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "out dir"
+    )
     manifest = tmp_path / "sheet.toml"
     manifest.write_text(MANIFEST, encoding="utf-8")
     plan = build_plan(manifest, settings, "sim")

@@ -24,7 +24,7 @@ def prepared_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> running.Pre
     path = write_manifest(
         tmp_path, "ctrlc", [{"id": "a", "prompt": "a fox"}, {"id": "b", "prompt": "a crow"}]
     )
-    settings = Settings(state_dir=tmp_path / "state", output_dir=tmp_path / "out")
+    settings = Settings(MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "out")
     return running.prepare_run(
         path, settings, simulate=True, max_cost=None, concurrency=2, retry_failed=False
     )

@@ -147,14 +147,15 @@ def _redacted(text: str, limit: int) -> str:
 
 def words(value: Any) -> str:
     """What a server sent, for a message: redacted, on one line, cut short."""
+    # Redacted whole, then cut: a cut first could halve a key that redaction
+    # would then no longer recognise. (Bodies are already read to MAX_BODY_BYTES.)
     if isinstance(value, bytes):
-        text = value[: WORDS_LIMIT * 4].decode("utf-8", "replace")
+        text = value.decode("utf-8", "replace")
     elif isinstance(value, str):
         text = value
     else:
         text = json.dumps(value, ensure_ascii=False, default=str)
-    text = " ".join(text[: WORDS_LIMIT * 4].split()) or "(an empty body)"
-    shown = logs.redact_text(text)
+    shown = " ".join(logs.redact_text(text).split()) or "(an empty body)"
     return shown if len(shown) <= WORDS_LIMIT else shown[: WORDS_LIMIT - 1] + "…"
 
 
@@ -277,11 +278,12 @@ def server_message(response: httpx.Response) -> str:
     except (MalformedResponse, UnicodeDecodeError):
         message = None
     if not message:
-        message = " ".join(text.split())[:MESSAGE_LIMIT] or response.reason_phrase or "no message"
+        message = " ".join(text.split()) or response.reason_phrase or "no message"
     # Redacted here, at the boundary, because this text is stored in the
     # ledger and printed in reports: a proxy echoing our headers must not
-    # carry the key into them.
-    return logs.redact_text(message[:MESSAGE_LIMIT])
+    # carry the key into them. Redacted whole, then cut, so that no key is
+    # ever halved into a shape redaction cannot recognise.
+    return logs.redact_text(message)[:MESSAGE_LIMIT]
 
 
 # What a web server or a framework's router says when no route matches: the
@@ -413,7 +415,8 @@ def events_body(response: httpx.Response) -> Any:
     try:
         body = load_json(response.content)
     except MalformedResponse:
-        return _scrubbed(response.content[:EVENTS_TEXT_LIMIT].decode("utf-8", "replace"))
+        text = _scrubbed(response.content.decode("utf-8", "replace"))
+        return text[:EVENTS_TEXT_LIMIT]
     if isinstance(body, Mapping) and "events" in body:
         return _scrubbed(body["events"])
     return _scrubbed(body)

@@ -46,6 +46,13 @@ def reference_probe(client: httpx.Client) -> ReferenceProbe:
     return probe
 
 
+def manifest_of(path: Path) -> Path:
+    """The manifest a command speaks of: `path`, or the one a reviewed PLAN.toml names."""
+    if path.suffix == ".toml" and planfile.is_plan_file(path):
+        return planfile.read(path)[0]
+    return path
+
+
 def build_plan(path: Path, settings: Settings, env: str | None = None) -> Plan:
     # The plan reads the rates this ledger learned: nothing but a folder may be in the way.
     folders.readable(settings.state_dir, folders.STATE)

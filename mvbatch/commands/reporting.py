@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mvbatch.commands import folders
-from mvbatch.commands.planning import build_plan, default_env
+from mvbatch.commands.planning import build_plan, default_env, manifest_of
 from mvbatch.ledger import open_ledger
 from mvbatch.plan import manifest
 from mvbatch.report.command import ReportResult, report_command
@@ -19,7 +19,7 @@ def report_manifest(path: Path, settings: Settings, *, download: bool) -> Report
     """`report`: the manifest's ledger side (its last run's, else the default) and plan, then
     the report files, fetching missing videos unless `download` is False."""
 
-    name = manifest.load(path).manifest.name
+    name = manifest.load(manifest_of(path)).manifest.name
     folders.writable(settings.state_dir, folders.STATE)  # the downloads are recorded there
     folders.writable(settings.output_dir, folders.OUTPUT, name)
     with open_ledger(settings.state_dir) as ledger:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from mvbatch import logs
-from mvbatch.commands.planning import build_plan, default_env
+from mvbatch.commands.planning import build_plan, default_env, manifest_of
 from mvbatch.errors import MvbatchError
 from mvbatch.ledger import IN_FLIGHT, STATUSES, Ledger, TaskRow, open_ledger
 from mvbatch.ledger.charges import charge_of, failures_by_charge
-from mvbatch.plan import manifest, planfile
+from mvbatch.plan import manifest
 from mvbatch.plan.planner import Plan
 from mvbatch.settings import Settings
 
@@ -39,10 +39,7 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     `plan_error` says why; with no ledger rows the error is raised.
     """
 
-    target = path
-    if path.suffix == ".toml" and planfile.is_plan_file(path):
-        target = planfile.read(path)[0]
-    loaded = manifest.load(target)
+    loaded = manifest.load(manifest_of(path))
     name = loaded.manifest.name
     cap = loaded.manifest.budget.max_usd
     rows: list[TaskRow] = []

@@ -251,13 +251,23 @@ def _range_total(headers: httpx.Headers) -> int | None:
 
 
 def check_url(url: str) -> None:
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise Fatal(f"not an http(s) URL: {url[:60]!r}")
+    """A URL we may fetch: http(s), and one httpx can parse (a server's typo must not
+    become a traceback that stops every other download)."""
+    try:
+        scheme = urlsplit(url).scheme
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL):
+        raise Fatal(f"not a URL: {logs.redact_text(url[:60])!r}") from None
+    if scheme not in ("http", "https"):
+        raise Fatal(f"not an http(s) URL: {logs.redact_text(url[:60])!r}")
 
 
 def host_of(url: str) -> str:
     """Signed URLs carry their signature in the query: logs and reasons get the host only."""
-    return urlsplit(url).netloc or "?"
+    try:
+        return urlsplit(url).netloc or "?"
+    except ValueError:
+        return "?"
 
 
 def describe(error: BaseException) -> str:

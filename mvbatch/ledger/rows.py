@@ -135,6 +135,9 @@ class Reservation:
     estimate: Decimal  # what the task was reserved at (or would have been)
     committed: Decimal | None  # the manifest's committed spend before it; None: no cap asked
     cap: Decimal | None
+    # Refused because the row is not as the caller saw it: another process
+    # moved the task on (or the ledger does not know it). Not a budget matter.
+    stale: bool = False
 
 
 @dataclass(frozen=True, slots=True)

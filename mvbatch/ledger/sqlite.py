@@ -246,7 +246,9 @@ class SqliteLedger:
             # spend between the sum and the intent (check, lock, check again).
             rows = list(db.query(Q["task"], task))
             row = _task_row(rows[0]) if rows else None
-            reservation = self._reserve(db, row, previous=previous, estimate=estimate, cap=cap)
+            reservation = self._reserve(
+                db, row, previous=previous, attempt=attempt, estimate=estimate, cap=cap
+            )
             if not reservation.granted:
                 return reservation  # nothing written
             if attempt > 0 and previous in FAILED:
@@ -281,6 +283,7 @@ class SqliteLedger:
         row: TaskRow | None,
         *,
         previous: str,
+        attempt: int,
         estimate: Decimal | None,
         cap: Decimal | None,
     ) -> Reservation:
@@ -288,9 +291,13 @@ class SqliteLedger:
 
         A re-send (`previous` is `submitting`) was reserved by its first intent.
         """
-        if row is None:  # a key the ledger never saw: nothing to record either
-            return Reservation(True, estimate or Decimal(0), None, cap)
+        if row is None:  # a key the ledger never saw: no intent could be recovered
+            return Reservation(False, estimate or Decimal(0), None, cap, stale=True)
         amount = row.estimate_local if estimate is None else estimate
+        if row.status != previous or (previous in FAILED and row.attempt >= attempt):
+            # Another process moved the task on since this one read it (sent it,
+            # retried it, finished it): writing would undo that work.
+            return Reservation(False, amount, None, cap, stale=True)
         if cap is None or previous == "submitting":
             return Reservation(True, amount, None, cap)
         found = db.query(Q["committed_of_manifest"], {"env": row.env, "manifest": row.manifest})

@@ -154,6 +154,7 @@ def _from_row(
         tuple(entries),
         in_plan,
         row.cost_prior,
+        row.cost_reserved,
     )
 
 

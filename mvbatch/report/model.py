@@ -84,6 +84,7 @@ class TaskEntry:
     outputs: tuple[OutputEntry, ...] = ()
     in_plan: bool = True
     cost_prior: Decimal = Decimal(0)  # committed by earlier attempts (--retry-failed)
+    cost_reserved: Decimal | None = None  # what its intent was held at against the cap
     # Seconds from submission to the terminal status: the time this task took.
     # Worked out once here: every total, table and card reads it.
     elapsed: float | None = field(init=False, repr=False, compare=False)
@@ -100,9 +101,11 @@ class TaskEntry:
 
     @property
     def cost_committed(self) -> Decimal:
-        """What this task counts for against the cap, as the budget guard counts it."""
+        """What this task counts for against the cap, as the ledger counts it (`TaskRow.committed`):
+        an unanswered intent at what it was reserved at."""
+        ours = self.estimate_local if self.cost_reserved is None else self.cost_reserved
         return self.cost_prior + committed_cost(
-            self.status, self.estimate_local, self.cost_estimate_server, self.cost_actual
+            self.status, ours, self.cost_estimate_server, self.cost_actual
         )
 
     @property

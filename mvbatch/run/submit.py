@@ -195,6 +195,10 @@ class Submitter:
             estimate=job.estimate,
             cap=self.budget.cap,
         )
+        if reservation.stale:  # another run moved this task on: it is not ours to send
+            self.board.update(job, previous)
+            log.info("task.taken_elsewhere", key=job.key, shot=job.task.shot, status=previous)
+            return None
         self.budget.heard(job, reservation)
         if not reservation.granted:  # the cap is full, other processes' spend included
             self.board.update(job, previous)
