@@ -484,3 +484,43 @@ def test_queries_are_parsed_by_name_without_their_comments() -> None:
         queries.parse("-- name: one\nSELECT 1;\n-- name: one\nSELECT 2;\n")
     with pytest.raises(ValueError, match="'empty' has no statement"):
         queries.parse("-- name: empty\n-- nothing here\n")
+
+
+def test_verdicts_are_appended_and_the_latest_counts(ledger: SqliteLedger) -> None:
+    ledger.ensure_tasks("sim", [row("mvb1-a"), row("mvb1-b")])
+    ledger.record_verdict("sim", "mvb1-a", "approved", "the keeper")
+    ledger.record_verdict("sim", "mvb1-a", "rejected", "hands look wrong")
+    ledger.record_verdict("sim", "mvb1-b", "approved", "")
+    latest = ledger.verdicts("sim", "demo")
+    assert {k: (v.verdict, v.note) for k, v in latest.items()} == {
+        "mvb1-a": ("rejected", "hands look wrong"),
+        "mvb1-b": ("approved", None),
+    }
+    assert [v.verdict for v in ledger.verdict_history("sim", "mvb1-a")] == ["approved", "rejected"]
+    ledger.record_verdict("sim", "mvb1-a", None, None)  # cleared
+    assert ledger.verdicts("sim", "demo")["mvb1-a"].verdict is None
+    assert ledger.verdicts("live", "demo") == {}
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger.db.execute("UPDATE verdicts SET verdict = 'approved'")
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        ledger.db.execute("DELETE FROM verdicts")
+
+
+def test_a_verdict_on_an_unknown_task_or_of_an_unknown_kind_writes_nothing(
+    ledger: SqliteLedger,
+) -> None:
+    ledger.ensure_tasks("sim", [row("mvb1-a")])
+    with pytest.raises(KeyError):
+        ledger.record_verdict("sim", "mvb1-nope", "approved", None)
+    with pytest.raises(KeyError):
+        ledger.record_verdict("live", "mvb1-a", "approved", None)
+    with pytest.raises(ValueError, match="approved, rejected"):
+        ledger.record_verdict("sim", "mvb1-a", "maybe", None)
+    assert ledger.db.execute("SELECT count(*) FROM verdicts").fetchone()[0] == 0
+
+
+def test_a_rerolled_take_names_the_take_it_replaces(ledger: SqliteLedger) -> None:
+    ledger.ensure_tasks("sim", [row("mvb1-a"), row("mvb1-a2", take=2, rerolled_from="mvb1-a")])
+    rows = {r.key: r for r in ledger.tasks("sim", "demo")}
+    assert rows["mvb1-a"].rerolled_from is None
+    assert rows["mvb1-a2"].rerolled_from == "mvb1-a"

@@ -73,7 +73,7 @@ CREATE TABLE tasks (
     submitted_at TEXT,
     started_at TEXT,
     finished_at TEXT,
-    updated_at TEXT NOT NULL, cost_reserved TEXT,
+    updated_at TEXT NOT NULL, cost_reserved TEXT, rerolled_from TEXT,
     PRIMARY KEY (env, key)
 );
 CREATE INDEX tasks_manifest ON tasks (env, manifest, status);
@@ -123,6 +123,19 @@ CREATE INDEX tasks_committed ON tasks (
     env, manifest, status, estimate_local, cost_reserved, cost_estimate,
     cost_actual, cost_prior
 );
+CREATE TABLE verdicts (
+    id INTEGER PRIMARY KEY,
+    env TEXT NOT NULL,
+    key TEXT NOT NULL,
+    at TEXT NOT NULL,
+    verdict TEXT,
+    note TEXT
+);
+CREATE INDEX verdicts_task ON verdicts (env, key, id);
+CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
+CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
+BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 """
 
 
@@ -213,7 +226,7 @@ def test_pending_reads_an_old_file_without_migrating_it(tmp_path: Path) -> None:
     db = restore(OLD_LEDGERS / "m001_initial.sql", tmp_path)
     before = schema_of(db)
     assert migrations.applied(db) == ["m001_initial"]
-    assert migrations.pending(db) == ["m002_output_file_stat", "m003_cost_reserved"]
+    assert migrations.pending(db) == ["m002_output_file_stat", "m003_cost_reserved", "m004_review"]
     assert schema_of(db) == before
     assert migrations.pending(sqlite_utils.Database(memory=True)) == [n for n, _ in MIGRATIONS]
 

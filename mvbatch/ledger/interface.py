@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, Self
 
-from mvbatch.ledger.rows import Output, Reservation, TaskRow
+from mvbatch.ledger.rows import Output, Reservation, TaskRow, Verdict
 
 
 class Ledger(Protocol):
@@ -85,7 +85,8 @@ class Ledger(Protocol):
         shot and estimate stay as recorded. Each row has the planned task's
         `key`, `manifest`, `shot`, `shots`, `variant`, `take`, `model`,
         `input`, `price_class`, `seconds`, `upper_bound`, `estimate_local` and
-        `estimate_source`.
+        `estimate_source`, and may have `rerolled_from` (the rejected take a
+        re-rolled one replaces).
         """
         ...
 
@@ -252,6 +253,25 @@ class Ledger(Protocol):
 
     def undownloaded(self, env: str, manifest: str) -> set[str]:
         """Keys of the manifest's succeeded tasks with an output not downloaded yet."""
+        ...
+
+    # -- what a person decided (`mvbatch review`)
+
+    def record_verdict(self, env: str, key: str, verdict: str | None, note: str | None) -> Verdict:
+        """Append a verdict on a take (`approved`, `rejected`, None to clear) with a note.
+
+        One step; the latest verdict counts and none is ever changed or
+        deleted. A key the ledger does not know raises `KeyError` and writes
+        nothing; a verdict outside `VERDICTS` raises `ValueError`.
+        """
+        ...
+
+    def verdicts(self, env: str, manifest: str) -> dict[str, Verdict]:
+        """The latest verdict of each of the manifest's tasks that has one, by key."""
+        ...
+
+    def verdict_history(self, env: str, key: str) -> list[Verdict]:
+        """Every verdict given on the task, oldest first."""
         ...
 
     # -- what the server taught us

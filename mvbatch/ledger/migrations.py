@@ -166,6 +166,31 @@ def m003_cost_reserved(db: sqlite_utils.Database) -> None:
         )""")
 
 
+@migration
+def m004_review(db: sqlite_utils.Database) -> None:
+    # A person's verdict on a take (`mvbatch review`): approved, rejected or
+    # cleared (NULL), with a note. Each one is appended; the latest counts, and
+    # like the event log the table refuses to be rewritten.
+    db.execute("""
+        CREATE TABLE verdicts (
+            id INTEGER PRIMARY KEY,
+            env TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at TEXT NOT NULL,
+            verdict TEXT,
+            note TEXT
+        )""")
+    db.execute("CREATE INDEX verdicts_task ON verdicts (env, key, id)")
+    db.execute("""
+        CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
+        BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END""")
+    db.execute("""
+        CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
+        BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END""")
+    # A take made by `run --reroll-rejected` names the rejected take it replaces.
+    db.execute("ALTER TABLE tasks ADD COLUMN rerolled_from TEXT")
+
+
 # ------------------------------------------------------------------ applying them
 
 

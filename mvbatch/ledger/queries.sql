@@ -55,10 +55,12 @@ VALUES (:env, :key, :run_id, :at, :previous, :status, :detail);
 -- A planned task the ledger does not know yet; a known one is left as it is.
 INSERT OR IGNORE INTO tasks (
     env, key, manifest, shot, shots, variant, take, model, input, price_class, seconds,
-    upper_bound, estimate_local, estimate_source, status, submit_key, created_at, updated_at
+    upper_bound, estimate_local, estimate_source, status, submit_key, created_at, updated_at,
+    rerolled_from
 ) VALUES (
     :env, :key, :manifest, :shot, :shots, :variant, :take, :model, :input, :price_class,
-    :seconds, :upper_bound, :estimate_local, :estimate_source, 'planned', :key, :stamp, :stamp
+    :seconds, :upper_bound, :estimate_local, :estimate_source, 'planned', :key, :stamp, :stamp,
+    :rerolled_from
 );
 
 -- name: forget_attempt
@@ -180,3 +182,20 @@ SELECT latency_class, seconds FROM (
         row_number() OVER (PARTITION BY latency_class ORDER BY id DESC) AS n
     FROM latencies WHERE env = :env
 ) WHERE n <= :limit_per_class;
+
+-- name: append_verdict
+-- The table refuses UPDATE and DELETE (triggers): the latest row counts.
+INSERT INTO verdicts (env, key, at, verdict, note) VALUES (:env, :key, :at, :verdict, :note);
+
+-- name: latest_verdicts
+-- Each task's latest verdict, for the tasks of one manifest.
+SELECT v.key, v.at, v.verdict, v.note FROM verdicts v
+JOIN (
+    SELECT verdicts.key, max(verdicts.id) AS id FROM verdicts
+    JOIN tasks ON tasks.env = verdicts.env AND tasks.key = verdicts.key
+    WHERE verdicts.env = :env AND tasks.manifest = :manifest
+    GROUP BY verdicts.key
+) latest ON latest.id = v.id;
+
+-- name: verdict_history
+SELECT key, at, verdict, note FROM verdicts WHERE env = :env AND key = :key ORDER BY id;

@@ -87,6 +87,8 @@ class TaskRow:
     # What the intent reserved against the cap: our estimate when it was
     # recorded (a rate learned since the plan included); None: `estimate_local`.
     cost_reserved: Decimal | None = None
+    # The rejected take this one re-rolls (`run --reroll-rejected`), if it is one.
+    rerolled_from: str | None = None
 
     @property
     def plan_state(self) -> str:
@@ -99,6 +101,19 @@ class TaskRow:
         return self.cost_prior + committed_cost(
             self.status, ours, self.cost_estimate, self.cost_actual
         )
+
+
+VERDICTS = ("approved", "rejected")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A person's latest word on a take: `approved`, `rejected` or None (cleared), and a note."""
+
+    key: str
+    at: str
+    verdict: str | None
+    note: str | None
 
 
 def committed_cost(

@@ -28,7 +28,15 @@ import sqlite_utils
 from mvbatch.ledger import connection, migrations
 from mvbatch.ledger.connection import FILE_NAME, now
 from mvbatch.ledger.queries import QUERIES as Q
-from mvbatch.ledger.rows import FAILED, Output, Reservation, TaskRow, committed_cost
+from mvbatch.ledger.rows import (
+    FAILED,
+    VERDICTS,
+    Output,
+    Reservation,
+    TaskRow,
+    Verdict,
+    committed_cost,
+)
 
 
 def _money(value: Decimal | None) -> str | None:
@@ -91,6 +99,7 @@ def _task_row(row: Mapping[str, Any]) -> TaskRow:
         updated_at=row["updated_at"],
         cost_prior=Decimal(row["cost_prior"] or "0"),
         cost_reserved=_decimal(row["cost_reserved"]),
+        rerolled_from=row["rerolled_from"],
     )
 
 
@@ -197,6 +206,7 @@ class SqliteLedger:
                 "upper_bound": int(bool(r.get("upper_bound"))),
                 "estimate_local": str(r["estimate_local"]),
                 "estimate_source": r["estimate_source"],
+                "rerolled_from": r.get("rerolled_from"),
                 "stamp": stamp,
             }
             for r in rows
@@ -503,6 +513,26 @@ class SqliteLedger:
         return {
             r["key"] for r in self.db.query(Q["undownloaded"], {"env": env, "manifest": manifest})
         }
+
+    # -- what a person decided
+
+    def record_verdict(self, env: str, key: str, verdict: str | None, note: str | None) -> Verdict:
+        if verdict is not None and verdict not in VERDICTS:
+            raise ValueError(f"a verdict is one of {', '.join(VERDICTS)} or none, not {verdict!r}")
+        stamp = now()
+        row = {"env": env, "key": key, "at": stamp, "verdict": verdict, "note": note or None}
+        with self.transaction() as db:
+            if not db.execute(Q["task"], {"env": env, "key": key}).fetchone():
+                raise KeyError(key)
+            db.execute(Q["append_verdict"], row)
+        return Verdict(key, stamp, verdict, row["note"])
+
+    def verdicts(self, env: str, manifest: str) -> dict[str, Verdict]:
+        found = self.db.query(Q["latest_verdicts"], {"env": env, "manifest": manifest})
+        return {r["key"]: Verdict(**r) for r in found}
+
+    def verdict_history(self, env: str, key: str) -> list[Verdict]:
+        return [Verdict(**r) for r in self.db.query(Q["verdict_history"], {"env": env, "key": key})]
 
     # -- what the server taught us
 

@@ -15,13 +15,14 @@ format anything (`formats.py`, `html.py`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from mvbatch.downloads import partfile
 from mvbatch.downloads.fetch import DownloadStats, Fetched
 from mvbatch.downloads.naming import contained, variant_pairs
-from mvbatch.ledger import Output, TaskRow
+from mvbatch.ledger import Output, TaskRow, Verdict
 from mvbatch.plan import mp4_probe
 from mvbatch.plan.planner import Plan, PlannedTask
 from mvbatch.report.model import OutputEntry, Report, TaskEntry
@@ -37,11 +38,13 @@ def build_report(
     plan: Plan | None = None,
     fetched: Iterable[Fetched] = (),
     downloads: DownloadStats | None = None,
+    verdicts: Mapping[str, Verdict] | None = None,
 ) -> Report:
     """The report of one manifest from its ledger rows and (optionally) its plan.
 
     Tasks come in plan order (shots as in the manifest, then variants and
     takes), then tasks the ledger has from earlier versions of the manifest.
+    `verdicts` are the latest ones given in `mvbatch review`, by key.
     """
     fetched = list(fetched)
     failed_now = {(f.key, f.idx): f.error for f in fetched if not f.ok and f.error}
@@ -68,6 +71,8 @@ def build_report(
     shot_order = list(dict.fromkeys([*shot_order, *(e.shot for e in entries)]))
     rank = {shot: n for n, shot in enumerate(shot_order)}
     entries.sort(key=lambda e: rank[e.shot])  # stable: plan order within a shot
+    if verdicts:
+        entries = [_with_verdict(e, verdicts.get(e.key)) for e in entries]
     prompts: dict[str, str] = {}
     if plan is not None:
         for shot in plan.manifest.manifest.shots:
@@ -88,6 +93,12 @@ def build_report(
         downloads,
         plan.max_usd if plan is not None else None,
     )
+
+
+def _with_verdict(entry: TaskEntry, verdict: Verdict | None) -> TaskEntry:
+    if verdict is None:
+        return entry
+    return replace(entry, verdict=verdict.verdict, note=verdict.note)
 
 
 def _from_plan(task: PlannedTask) -> TaskEntry:
@@ -155,6 +166,7 @@ def _from_row(
         in_plan,
         row.cost_prior,
         row.cost_reserved,
+        rerolled_from=row.rerolled_from,
     )
 
 

@@ -152,7 +152,15 @@ def write_report(
     rows = ledger.tasks(env, name)
     outputs = {row.key: ledger.outputs(env, row.key) for row in rows}
     report = build_report(
-        name, env, rows, outputs, folder, plan=plan, fetched=fetched, downloads=downloads
+        name,
+        env,
+        rows,
+        outputs,
+        folder,
+        plan=plan,
+        fetched=fetched,
+        downloads=downloads,
+        verdicts=ledger.verdicts(env, name),
     )
     files = write_reports(report, folder)
     recorded = {(key, o.idx) for key, found in outputs.items() for o in found if o.path}

@@ -85,6 +85,9 @@ class TaskEntry:
     in_plan: bool = True
     cost_prior: Decimal = Decimal(0)  # committed by earlier attempts (--retry-failed)
     cost_reserved: Decimal | None = None  # what its intent was held at against the cap
+    verdict: str | None = None  # a person's latest word (`mvbatch review`): approved, rejected
+    note: str | None = None
+    rerolled_from: str | None = None  # the rejected take this one re-rolls
     # Seconds from submission to the terminal status: the time this task took.
     # Worked out once here: every total, table and card reads it.
     elapsed: float | None = field(init=False, repr=False, compare=False)
@@ -514,6 +517,9 @@ def _task_document(task: TaskEntry) -> dict[str, Any]:
         "submitted_at": task.submitted_at,
         "finished_at": task.finished_at,
         "in_plan": task.in_plan,
+        "verdict": task.verdict,
+        "note": task.note,
+        "rerolled_from": task.rerolled_from,
     }
 
 
