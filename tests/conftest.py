@@ -59,3 +59,21 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A PostgreSQL server of this test process's own (tests/pg_server.py)."""
+    import pg_server
+
+    with pg_server.running_server() as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(postgres_server: object) -> str:
+    """The URL (password included) of a new, empty database for this test."""
+    import pg_server
+
+    assert isinstance(postgres_server, pg_server.Server)
+    return pg_server.fresh_database(postgres_server)

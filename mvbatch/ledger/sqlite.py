@@ -15,7 +15,6 @@ migrations (`migrations.py`).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,6 +25,8 @@ from typing import Any, Self
 import sqlite_utils
 
 from mvbatch.ledger import connection, migrations
+from mvbatch.ledger.codec import as_json, money, task_row
+from mvbatch.ledger.codec import committed as group_committed
 from mvbatch.ledger.connection import FILE_NAME, now
 from mvbatch.ledger.queries import QUERIES as Q
 from mvbatch.ledger.rows import (
@@ -35,72 +36,7 @@ from mvbatch.ledger.rows import (
     Reservation,
     TaskRow,
     Verdict,
-    committed_cost,
 )
-
-
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str, separators=(",", ":"))
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
-
-
-def _committed(group: Mapping[str, Any]) -> Decimal:
-    """What a group of `committed_of_manifest` stands for: `TaskRow.committed` times its tasks."""
-    reserved = group["cost_reserved"]
-    each = Decimal(group["cost_prior"] or "0") + committed_cost(
-        group["status"],
-        Decimal(reserved if reserved is not None else group["estimate_local"]),
-        _decimal(group["cost_estimate"]),
-        _decimal(group["cost_actual"]),
-    )
-    return each * int(group["tasks"])
-
-
-def _task_row(row: Mapping[str, Any]) -> TaskRow:
-    """A `tasks` row as stored (JSON and decimal text, 0/1) as a `TaskRow`."""
-    return TaskRow(
-        env=row["env"],
-        key=row["key"],
-        manifest=row["manifest"],
-        shot=row["shot"],
-        shots=json.loads(row["shots"]),
-        variant=json.loads(row["variant"]),
-        take=row["take"],
-        model=row["model"],
-        input=json.loads(row["input"]),
-        price_class=row["price_class"],
-        seconds=_decimal(row["seconds"]),
-        upper_bound=bool(row["upper_bound"]),
-        estimate_local=Decimal(row["estimate_local"]),
-        estimate_source=row["estimate_source"],
-        status=row["status"],
-        attempt=row["attempt"],
-        submit_key=row["submit_key"],
-        task_id=row["task_id"],
-        request_id=row["request_id"],
-        cost_estimate=_decimal(row["cost_estimate"]),
-        cost_actual=_decimal(row["cost_actual"]),
-        error=row["error"],
-        server_events=json.loads(row["server_events"]) if row["server_events"] else None,
-        submissions=row["submissions"],
-        polls=row["polls"],
-        run_id=row["run_id"],
-        created_at=row["created_at"],
-        submitted_at=row["submitted_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        updated_at=row["updated_at"],
-        cost_prior=Decimal(row["cost_prior"] or "0"),
-        cost_reserved=_decimal(row["cost_reserved"]),
-        rerolled_from=row["rerolled_from"],
-    )
 
 
 class SqliteLedger:
@@ -153,7 +89,7 @@ class SqliteLedger:
                     "manifest": manifest,
                     "base_url": base_url,
                     "started_at": now(),
-                    "max_usd": _money(max_usd),
+                    "max_usd": money(max_usd),
                     "concurrency": concurrency,
                     "pid": os.getpid(),
                 },
@@ -174,14 +110,14 @@ class SqliteLedger:
 
     def task(self, env: str, key: str) -> TaskRow | None:
         rows = list(self.db.query(Q["task"], {"env": env, "key": key}))
-        return _task_row(rows[0]) if rows else None
+        return task_row(rows[0]) if rows else None
 
     def tasks(self, env: str, manifest: str | None = None) -> list[TaskRow]:
         if manifest is None:
             found = self.db.query(Q["tasks_of_env"], {"env": env})
         else:
             found = self.db.query(Q["tasks_of_manifest"], {"env": env, "manifest": manifest})
-        return [_task_row(r) for r in found]
+        return [task_row(r) for r in found]
 
     def events(self, env: str, key: str) -> list[dict[str, Any]]:
         return list(self.db.query(Q["events"], {"env": env, "key": key}))
@@ -196,13 +132,13 @@ class SqliteLedger:
                 "key": r["key"],
                 "manifest": r["manifest"],
                 "shot": r["shot"],
-                "shots": _json(list(r["shots"])),
-                "variant": _json(r["variant"]),
+                "shots": as_json(list(r["shots"])),
+                "variant": as_json(r["variant"]),
                 "take": r["take"],
                 "model": r["model"],
-                "input": _json(r["input"]),
+                "input": as_json(r["input"]),
                 "price_class": r["price_class"],
-                "seconds": _money(r.get("seconds")),
+                "seconds": money(r.get("seconds")),
                 "upper_bound": int(bool(r.get("upper_bound"))),
                 "estimate_local": str(r["estimate_local"]),
                 "estimate_source": r["estimate_source"],
@@ -234,7 +170,7 @@ class SqliteLedger:
             "at": values["stamp"],
             "previous": previous,
             "status": status,
-            "detail": _json(dict(detail)) if detail else None,
+            "detail": as_json(dict(detail)) if detail else None,
         }
         db.execute(Q["append_event"], event)
 
@@ -255,7 +191,7 @@ class SqliteLedger:
             # The write lock is held from here: no other process can commit
             # spend between the sum and the intent (check, lock, check again).
             rows = list(db.query(Q["task"], task))
-            row = _task_row(rows[0]) if rows else None
+            row = task_row(rows[0]) if rows else None
             reservation = self._reserve(
                 db, row, previous=previous, attempt=attempt, estimate=estimate, cap=cap
             )
@@ -264,18 +200,18 @@ class SqliteLedger:
             if attempt > 0 and previous in FAILED:
                 # cost_prior + what the old attempt stands for
                 prior = row.committed if row is not None else Decimal(0)
-                db.execute(Q["forget_attempt"], {**task, "cost_prior": _money(prior) or "0"})
+                db.execute(Q["forget_attempt"], {**task, "cost_prior": money(prior) or "0"})
                 db.execute(Q["forget_outputs"], task)
             change: dict[str, Any] = {"submit_key": submit_key, "attempt": attempt}
             if reservation.committed is not None:  # held against a cap: the evidence
                 change |= {
-                    "reserved": _money(reservation.estimate),
-                    "committed": _money(reservation.committed),
-                    "cap": _money(reservation.cap),
+                    "reserved": money(reservation.estimate),
+                    "committed": money(reservation.committed),
+                    "cap": money(reservation.cap),
                 }
             # A re-send keeps what its first intent reserved.
             reserved = row.cost_reserved if previous == "submitting" and row else estimate
-            values = {**task, **change, "cost_reserved": _money(reserved), "run_id": run_id}
+            values = {**task, **change, "cost_reserved": money(reserved), "run_id": run_id}
             self._transition(
                 db,
                 "record_intent",
@@ -311,7 +247,7 @@ class SqliteLedger:
         if cap is None or previous == "submitting":
             return Reservation(True, amount, None, cap)
         found = db.query(Q["committed_of_manifest"], {"env": row.env, "manifest": row.manifest})
-        committed = sum((_committed(r) for r in found), Decimal(0))
+        committed = sum((group_committed(r) for r in found), Decimal(0))
         return Reservation(committed + amount <= cap, amount, committed, cap)
 
     def record_submitted(
@@ -328,7 +264,7 @@ class SqliteLedger:
         answer = {
             "task_id": task_id,
             "request_id": request_id,
-            "cost_estimate": _money(cost_estimate),
+            "cost_estimate": money(cost_estimate),
         }
         with self.transaction() as db:
             self._transition(
@@ -387,7 +323,7 @@ class SqliteLedger:
     ) -> None:
         stamp = now()
         task = {"env": env, "key": key}
-        detail: dict[str, Any] = {"cost_actual": _money(cost_actual)}
+        detail: dict[str, Any] = {"cost_actual": money(cost_actual)}
         if task_id is not None:
             detail["task_id"] = task_id
         if error:
@@ -408,8 +344,8 @@ class SqliteLedger:
                     "status": status,
                     "task_id": task_id,
                     "request_id": request_id,
-                    "cost_estimate": _money(cost_estimate),
-                    "cost_actual": _money(cost_actual),
+                    "cost_estimate": money(cost_estimate),
+                    "cost_actual": money(cost_actual),
                     "error": error,
                     "polls": polls,
                     "stamp": stamp,
@@ -444,7 +380,7 @@ class SqliteLedger:
         estimate: Decimal,
         run_id: int | None,
     ) -> None:
-        values = {"env": env, "key": key, "error": error, "estimate": _money(estimate)}
+        values = {"env": env, "key": key, "error": error, "estimate": money(estimate)}
         with self.transaction() as db:
             self._transition(
                 db,
@@ -457,7 +393,7 @@ class SqliteLedger:
                     "error": error,
                     "http_status": http_status,
                     "maybe_sent": True,
-                    "cost_estimate_local": _money(estimate),
+                    "cost_estimate_local": money(estimate),
                 },
             )
 
@@ -465,7 +401,7 @@ class SqliteLedger:
         with self.transaction() as db:
             db.execute(
                 Q["record_server_events"],
-                {"env": env, "key": key, "server_events": _json(server_events), "stamp": now()},
+                {"env": env, "key": key, "server_events": as_json(server_events), "stamp": now()},
             )
 
     # -- outputs

@@ -1,0 +1,299 @@
+"""Every ledger backend keeps the same promises: SQLite and a real PostgreSQL, side by side.
+
+Each test here runs once per backend through the `Ledger` protocol alone;
+what only one backend has (SQLite's file, PostgreSQL's URL and locks) is
+tested at the end. The PostgreSQL server is a real one started for this test
+process (tests/pg_server.py).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from mvbatch.errors import ConfigError
+from mvbatch.ledger import Ledger, SqliteLedger
+from mvbatch.ledger.postgres import PostgresLedger, applied, shown
+
+ENV = "sim"
+
+
+def row(key: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "key": key,
+        "manifest": "demo",
+        "shot": "car",
+        "shots": ["car"],
+        "variant": {"mode": "std"},
+        "take": 1,
+        "model": "kling-v2-6",
+        "input": {"prompt": "p", "mode": "std"},
+        "price_class": "kling-v2-6 std",
+        "seconds": Decimal(5),
+        "estimate_local": Decimal("0.0414"),
+        "estimate_source": "documented",
+        **extra,
+    }
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return str(tmp_path / "state")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def open_at(location: str) -> Ledger:
+    if location.startswith("postgresql://"):
+        return PostgresLedger(location)
+    return SqliteLedger(Path(location))
+
+
+@pytest.fixture
+def ledger(location: str) -> Iterator[Ledger]:
+    with open_at(location) as opened:
+        yield opened
+
+
+def walk(ledger: Ledger, key: str, *, actual: str = "0.0414", cap: Decimal | None = None) -> None:
+    granted = ledger.record_intent(
+        ENV, key, previous="planned", submit_key=key, attempt=0, run_id=None, cap=cap
+    )
+    assert granted.granted
+    ledger.record_submitted(
+        ENV,
+        key,
+        task_id=f"task-{key}",
+        request_id="req",
+        status="queued",
+        cost_estimate=Decimal("0.0414"),
+        run_id=None,
+    )
+    ledger.record_progress(ENV, key, previous="queued", status="processing", polls=1, run_id=None)
+    ledger.record_finished(
+        ENV,
+        key,
+        previous="processing",
+        status="succeeded",
+        cost_estimate=None,
+        cost_actual=Decimal(actual),
+        error=None,
+        urls=[f"https://files.example/{key}.mp4"],
+        polls=2,
+        latency=("kling-v2-6 std", 12.5),
+        run_id=None,
+    )
+
+
+def test_a_task_walks_its_lifecycle_with_an_event_per_step(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row("mvb1-a"), row("mvb1-b")])
+    ledger.ensure_tasks(ENV, [row("mvb1-a", shot="other")])  # known: never touched
+    walk(ledger, "mvb1-a")
+    done = ledger.task(ENV, "mvb1-a")
+    assert done is not None
+    assert (done.status, done.task_id, done.cost_actual, done.shot) == (
+        "succeeded",
+        "task-mvb1-a",
+        Decimal("0.0414"),
+        "car",
+    )
+    assert done.variant == {"mode": "std"}
+    assert done.seconds == Decimal(5)
+    assert [e["status"] for e in ledger.events(ENV, "mvb1-a")] == [
+        "submitting",
+        "queued",
+        "processing",
+        "succeeded",
+    ]
+    assert [t.key for t in ledger.tasks(ENV, "demo")] == ["mvb1-a", "mvb1-b"]  # planned order
+    assert ledger.tasks("live", "demo") == []
+    assert ledger.undownloaded(ENV, "demo") == {"mvb1-a"}
+    ledger.record_download(ENV, "mvb1-a", 0, "demo/car/a.mp4", "ab" * 32, 1234, "stat")
+    assert ledger.undownloaded(ENV, "demo") == set()
+    (output,) = ledger.outputs(ENV, "mvb1-a")
+    assert (output.path, output.bytes, output.file_stat) == ("demo/car/a.mp4", 1234, "stat")
+    ledger.record_output_url(ENV, "mvb1-a", 0, "https://files.example/fresh.mp4")
+    (output,) = ledger.outputs(ENV, "mvb1-a")
+    assert output.url.endswith("fresh.mp4")
+    assert output.path == "demo/car/a.mp4"
+    assert ledger.latencies(ENV) == {"kling-v2-6 std": [12.5]}
+
+
+def test_the_cap_is_held_by_the_ledger(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row(f"mvb1-{n}") for n in range(3)])
+    cap = Decimal("0.09")
+    granted = [
+        ledger.record_intent(
+            ENV,
+            f"mvb1-{n}",
+            previous="planned",
+            submit_key=f"mvb1-{n}",
+            attempt=0,
+            run_id=None,
+            cap=cap,
+        )
+        for n in range(3)
+    ]
+    assert [g.granted for g in granted] == [True, True, False]
+    assert granted[2].committed == Decimal("0.0828")
+    refused = ledger.task(ENV, "mvb1-2")
+    assert refused is not None
+    assert refused.status == "planned"
+    stale = ledger.record_intent(
+        ENV, "mvb1-0", previous="planned", submit_key="mvb1-0", attempt=0, run_id=None, cap=cap
+    )
+    assert stale.stale
+    assert not stale.granted
+
+
+def test_a_retry_keeps_what_the_failed_attempt_cost(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row("mvb1-a")])
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="planned", submit_key="mvb1-a", attempt=0, run_id=None
+    )
+    ledger.record_submitted(
+        ENV,
+        "mvb1-a",
+        task_id="t1",
+        request_id=None,
+        status="queued",
+        cost_estimate=Decimal("0.05"),
+        run_id=None,
+    )
+    ledger.record_finished(
+        ENV,
+        "mvb1-a",
+        previous="queued",
+        status="failed",
+        cost_estimate=None,
+        cost_actual=Decimal("0.05"),
+        error="boom",
+        urls=[],
+        polls=1,
+        latency=None,
+        run_id=None,
+    )
+    ledger.record_intent(
+        ENV, "mvb1-a", previous="failed", submit_key="mvb1-a-r1", attempt=1, run_id=None
+    )
+    retried = ledger.task(ENV, "mvb1-a")
+    assert retried is not None
+    assert (retried.status, retried.task_id, retried.cost_prior, retried.submit_key) == (
+        "submitting",
+        None,
+        Decimal("0.05"),
+        "mvb1-a-r1",
+    )
+
+
+def test_verdicts_rates_and_runs(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row("mvb1-a"), row("mvb1-b", take=2, rerolled_from="mvb1-a")])
+    ledger.record_verdict(ENV, "mvb1-a", "approved", "first")
+    ledger.record_verdict(ENV, "mvb1-a", "rejected", "second thoughts")
+    with pytest.raises(KeyError):
+        ledger.record_verdict(ENV, "mvb1-zzz", "approved", None)
+    latest = ledger.verdicts(ENV, "demo")
+    assert {k: v.verdict for k, v in latest.items()} == {"mvb1-a": "rejected"}
+    assert len(ledger.verdict_history(ENV, "mvb1-a")) == 2
+    rerolled = ledger.task(ENV, "mvb1-b")
+    assert rerolled is not None
+    assert rerolled.rerolled_from == "mvb1-a"
+    ledger.record_learned_rate(ENV, "kling-v2-6 std", Decimal("0.01"))
+    ledger.record_learned_rate(ENV, "kling-v2-6 std", Decimal("0.0083"))
+    assert ledger.learned_rates(ENV) == {"kling-v2-6 std": Decimal("0.0083")}
+    run_id = ledger.start_run(ENV, "demo", "http://127.0.0.1:1/api/v1", Decimal(2), 8)
+    ledger.finish_run(run_id, "succeeded")
+    last = ledger.last_run("demo")
+    assert last is not None
+    assert (last["outcome"], last["max_usd"]) == ("succeeded", "2")
+
+
+# -- PostgreSQL only
+
+
+def _reserve_all(url: str, keys: list[str], cap: str, results: Any, start: Any) -> None:
+    with PostgresLedger(url) as ledger:
+        start.wait(30)  # every worker connected: they race from the same moment
+        granted = 0
+        for key in keys:
+            reservation = ledger.record_intent(
+                ENV,
+                key,
+                previous="planned",
+                submit_key=key,
+                attempt=0,
+                run_id=None,
+                cap=Decimal(cap),
+            )
+            granted += reservation.granted
+        results.put(granted)
+
+
+def test_workers_on_one_database_share_one_cap_and_take_each_task_once(pg_url: str) -> None:
+    keys = [f"mvb1-{n:03}" for n in range(200)]
+    with PostgresLedger(pg_url) as ledger:
+        ledger.ensure_tasks(ENV, [row(k) for k in keys])
+    cap = "5.00"  # room for 120 tasks of $0.0414
+    context = multiprocessing.get_context("spawn")
+    results, start = context.Queue(), context.Event()
+    # Four workers race over the same keys: two in one order (every step
+    # contended), two in others (each worker's view of the spend goes stale).
+    orders = [keys, keys, keys[::-1], keys[100:] + keys[:100]]
+    workers = [
+        context.Process(target=_reserve_all, args=(pg_url, order, cap, results, start))
+        for order in orders
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(2)  # not a timing assertion: lets the workers connect before they race
+    start.set()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    granted = sum(results.get(timeout=5) for _ in workers)
+    with PostgresLedger(pg_url) as ledger:
+        rows = ledger.tasks(ENV, "demo")
+        intents = [r for r in rows if r.status == "submitting"]
+        assert granted == len(intents) == 120  # each task taken by one worker only
+        assert sum(r.committed for r in rows) <= Decimal(cap)
+        for r in intents:
+            assert len(ledger.events(ENV, r.key)) == 1
+
+
+def test_the_schema_is_migrated_once_and_the_logs_are_append_only(pg_url: str) -> None:
+    with PostgresLedger(pg_url) as first, PostgresLedger(pg_url) as second:
+        assert applied(first.conn) == applied(second.conn) == ["pg001_initial"]
+        first.ensure_tasks(ENV, [row("mvb1-a")])
+        walk(first, "mvb1-a")
+        first.record_verdict(ENV, "mvb1-a", "approved", None)
+        for table in ("events", "verdicts"):
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                second.conn.execute(f"UPDATE {table} SET at = 'x'")
+            with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+                second.conn.execute(f"DELETE FROM {table}")
+
+
+def test_the_password_never_shows(pg_url: str) -> None:
+    password = psycopg.conninfo.conninfo_to_dict(pg_url)["password"]
+    assert isinstance(password, str)
+    assert password
+    assert password not in shown(pg_url)
+    assert "***" in shown(pg_url)
+    with PostgresLedger(pg_url) as ledger:
+        assert password not in repr(ledger)
+    wrong = pg_url.replace(password, password + "-wrong")
+    with pytest.raises(ConfigError) as refused:
+        PostgresLedger(wrong)
+    assert password not in str(refused.value)
+    assert "password authentication failed" in str(refused.value)
+    unreachable = pg_url.rsplit(":", 1)[0] + ":1/nowhere"
+    with pytest.raises(ConfigError, match="cannot open the ledger") as unreached:
+        PostgresLedger(unreachable)
+    assert password not in str(unreached.value)
