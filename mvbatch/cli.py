@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
 
 import typer
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.text import Text
 
 from mvbatch import logs
@@ -66,7 +67,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 _LOGGING: dict[str, str] = {"format": "auto", "level": "warning"}
 
 
-def _settings() -> Settings:
+# `--ledger` on plan, run, status and report: MVBATCH_LEDGER for one command.
+LedgerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger",
+        metavar="PATH|URL",
+        help="The ledger: a SQLite file, or a postgresql:// URL a fleet of workers shares "
+        "(default: MVBATCH_LEDGER, else ledger.sqlite in MVBATCH_STATE_DIR).",
+        show_default=False,
+    ),
+]
+
+
+def _settings(ledger: str | None = None) -> Settings:
     try:
         settings = load_settings()
     except ValidationError as error:
@@ -75,7 +89,12 @@ def _settings() -> Settings:
             for item in error.errors(include_url=False)
         )
         raise ConfigError(f"invalid settings in the environment: {problems}") from None
+    if ledger is not None:
+        settings = settings.model_copy(update={"ledger": SecretStr(ledger)})
     logs.register_secret(settings.api_key_value())
+    location = settings.ledger_location()
+    if isinstance(location, str):  # a database password never reaches a log or the console
+        logs.register_secret(urlsplit(location).password if "@" in location else None)
     return settings
 
 
@@ -204,14 +223,23 @@ def _configure_logs(log_file: Path | None = None) -> None:
 
 @app.command(epilog=EPILOG)
 @_edge
-def plan(
+def plan(  # options are keyword-only: Typer passes them by name
     manifest: Annotated[
         Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest of shots.")
     ],
+    *,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Write the reviewed plan to this TOML file.")
     ] = None,
+    draft: Annotated[bool, typer.Option("--draft", help="What run --draft would run.")] = False,
+    approved_only: Annotated[
+        bool, typer.Option("--approved-only", help="What run --approved-only would run.")
+    ] = False,
+    reroll_rejected: Annotated[
+        bool, typer.Option("--reroll-rejected", help="What run --reroll-rejected would run.")
+    ] = False,
+    ledger: LedgerOption = None,
 ) -> None:
     """Show every task the manifest asks for and what it will cost, before anything is spent.
 
@@ -223,21 +251,32 @@ def plan(
     the docs do not price, chosen on the high side; a run sends one such task
     first to learn the real rate). Below it: the totals, the cap and its
     source, and warnings. --json prints every task with its key and state.
+    --draft, --approved-only and --reroll-rejected show what `run` with the
+    same option would run (see `mvbatch run --help`).
     """
     # Imported here for start-up time: `mvbatch --help` and other commands skip it.
-    from mvbatch.commands.planning import build_plan, ledger_states
+    from mvbatch.commands.planning import build_plan, ledger_states, selected
     from mvbatch.plan import planfile
     from mvbatch.ui import render
 
-    settings = _settings()
-    the_plan = build_plan(manifest, settings)
-    states = ledger_states(the_plan, settings)
-    if as_json:
-        terminal.stdout.write(
-            json.dumps(render.plan_document(the_plan, states), ensure_ascii=False, indent=2) + "\n"
+    kind = _selection(draft=draft, approved_only=approved_only, reroll=reroll_rejected)
+    if out_file is not None and kind != "all":
+        raise UsageError(
+            "--out saves the whole plan; choose --draft, --approved-only or --reroll-rejected "
+            "when you run it (mvbatch run PLAN.toml --draft)"
         )
+    settings = _settings(ledger)
+    the_plan = build_plan(manifest, settings)
+    chosen = selected(the_plan, settings, kind)
+    states = ledger_states(chosen.plan, settings)
+    if as_json:
+        document = render.plan_document(chosen.plan, states, chosen.rerolled_from)
+        terminal.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     else:
-        terminal.print(render.plan_view(the_plan, states))
+        if kind != "all" or chosen.empty:
+            terminal.print(render.selection_view(chosen))
+        if not chosen.empty:
+            terminal.print(render.plan_view(chosen.plan, states))
     if out_file is not None:
         try:
             planfile.write(the_plan, out_file)
@@ -310,6 +349,23 @@ def run(  # options are keyword-only: Typer passes them by name
             "it keeps running on the server and a later run collects it.",
         ),
     ] = None,
+    draft: Annotated[bool, typer.Option("--draft", help=DRAFT_HELP)] = False,
+    approved_only: Annotated[
+        bool, typer.Option("--approved-only", help=APPROVED_ONLY_HELP)
+    ] = False,
+    reroll_rejected: Annotated[
+        bool, typer.Option("--reroll-rejected", help=REROLL_REJECTED_HELP)
+    ] = False,
+    ledger: LedgerOption = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N",
+            help="Run only the K-th of N disjoint slices of the plan (by key hash), with an "
+            "even share of the cap: one job of an array (Kubernetes, Slurm, a CI matrix).",
+        ),
+    ] = None,
 ) -> ExitCode:
     """Execute a plan: submit each task once, follow it to the end, download the videos.
 
@@ -321,6 +377,12 @@ def run(  # options are keyword-only: Typer passes them by name
     Re-running the same command resumes: finished tasks are skipped, tasks in
     flight are followed, nothing is charged twice. Ctrl-C stops submitting
     and records what was sent; Ctrl-C again quits at once (still safe).
+
+    Review loop: --draft runs each shot's cheapest variant, one take; after
+    approving or rejecting takes in `mvbatch review`, --approved-only runs
+    the rest of the matrix of the shots with an approved take, and
+    --reroll-rejected one new take for each rejected one. Each shows and
+    prices what it will run first; a plain run still runs everything left.
     """
     return _run_command(
         manifest,
@@ -332,7 +394,40 @@ def run(  # options are keyword-only: Typer passes them by name
         download=not no_download,
         retry_failed=retry_failed,
         max_wait=max_wait,
+        selection=_selection(draft=draft, approved_only=approved_only, reroll=reroll_rejected),
+        ledger=ledger,
+        shard=_shard(shard),
     )
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """`--shard K/N`: the K-th (1-based) of N slices."""
+    if text is None:
+        return None
+    k_text, _, n_text = text.partition("/")
+    if not (k_text.strip().isdigit() and n_text.strip().isdigit()):
+        raise UsageError(f"--shard takes K/N, e.g. --shard 2/3; got {text!r}")
+    k, n = int(k_text), int(n_text)
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard K/N needs 1 <= K <= N; got {text!r}")
+    return k, n
+
+
+DRAFT_HELP = "Run only each shot's cheapest variant, one take (review it before the rest)."
+APPROVED_ONLY_HELP = "Run the rest of the matrix, only for shots with an approved take."
+REROLL_REJECTED_HELP = (
+    "Run one new take of each rejected take (a new key; a pinned seed is changed), nothing else."
+)
+
+
+def _selection(*, draft: bool, approved_only: bool, reroll: bool) -> Any:
+    """Which tasks `run` or `plan` speaks of: `commands.selection.Kind`."""
+    flags = {"--draft": draft, "--approved-only": approved_only, "--reroll-rejected": reroll}
+    given = [flag for flag, on in flags.items() if on]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} exclude each other: choose one")
+    kinds = {"--draft": "draft", "--approved-only": "approved", "--reroll-rejected": "reroll"}
+    return kinds[given[0]] if given else "all"
 
 
 def _quit_now(resume: str) -> None:
@@ -359,6 +454,9 @@ def _run_command(
     download: bool,
     retry_failed: bool,
     max_wait: float | None = None,
+    selection: Any = "all",
+    ledger: str | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ExitCode:
     # Imported here for start-up time: `mvbatch --help` and other commands skip it.
     from mvbatch.commands import running
@@ -367,7 +465,7 @@ def _run_command(
 
     if simulate and live:
         raise UsageError("--simulate and --live exclude each other")
-    settings = _settings()
+    settings = _settings(ledger)
     # Prepared first: it checks the state folder the log file goes in (exit 4, one line).
     prepared = running.prepare_run(
         manifest,
@@ -377,12 +475,22 @@ def _run_command(
         concurrency=concurrency,
         retry_failed=retry_failed,
         max_wait_minutes=max_wait,
+        selection=selection,
+        shard=shard,
     )
     try:
         _configure_logs(settings.state_dir / "logs" / "mvbatch.jsonl")
         endpoint = prepared.endpoint
         _say_mode(settings, endpoint, simulate=simulate, live=live)
+        chosen = prepared.selection
+        if chosen is not None and chosen.empty:
+            terminal.print(render.selection_view(chosen))
+            return ExitCode.OK
+        if chosen is not None and chosen.kind != "all":
+            terminal.print(render.selection_view(chosen))
         terminal.print(render.plan_view(prepared.plan, prepared.states, max_cost=prepared.max_cost))
+        if prepared.shard_line:
+            terminal.print(prepared.shard_line, highlight=False)
         terminal.print(progress.preflight_view(prepared.check, endpoint.simulated))
         check_budget(prepared.check)
         again = "mvbatch " + shlex.join(a for a in sys.argv[1:] if a != "--retry-failed")
@@ -427,7 +535,7 @@ def _run_command(
         return ExitCode.BUDGET
     if result.failed or result.pending:
         return ExitCode.UNFINISHED
-    if download and outcome.report is not None and not outcome.report.complete:
+    if download and outcome.report is not None and not outcome.complete:
         return ExitCode.UNFINISHED
     return ExitCode.OK
 
@@ -485,6 +593,7 @@ def status(
         Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest (or PLAN.toml).")
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+    ledger: LedgerOption = None,
 ) -> None:
     """Counts by status, spend and what is left: the ledger and the manifest's plan, no request.
 
@@ -495,7 +604,7 @@ def status(
     from mvbatch.commands.status import status_document
     from mvbatch.ui import progress
 
-    document = status_document(manifest, _settings())
+    document = status_document(manifest, _settings(ledger))
     if as_json:
         terminal.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
     else:
@@ -511,12 +620,41 @@ def report(
     no_download: Annotated[
         bool, typer.Option("--no-download", help="Write the reports without fetching videos.")
     ] = False,
+    ledger: LedgerOption = None,
+    merge: Annotated[
+        bool,
+        typer.Option(
+            "--merge",
+            help="Write one report over the ledgers named after the manifest (paths or "
+            "postgresql:// URLs), e.g. those of the shards of a job array.",
+        ),
+    ] = False,
+    ledgers: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[LEDGER]...", help="With --merge: the ledgers to merge.", show_default=False
+        ),
+    ] = None,
 ) -> ExitCode:
-    """Write report.json/csv/md/html from the ledger, fetching any videos not yet on disk."""
+    """Write report.json/csv/md/html from the ledger, fetching any videos not yet on disk.
+
+    With --merge LEDGER...: one report over several ledgers of the same
+    manifest (the shards of `run --shard`), read only: no video is fetched.
+    """
     # Imported here for start-up time: `mvbatch --help` and other commands skip it.
     from mvbatch.commands.reporting import report_manifest
 
-    result = report_manifest(manifest, _settings(), download=not no_download)
+    if ledgers and not merge:
+        raise UsageError("more than one MANIFEST: to merge ledgers, say --merge LEDGER...")
+    if merge:
+        if not ledgers:
+            raise UsageError("--merge needs the ledgers to merge: --merge LEDGER [LEDGER...]")
+        from mvbatch.commands.reporting import merged_report
+
+        result = merged_report(manifest, _settings(ledger), ledgers)
+        no_download = True
+    else:
+        result = report_manifest(manifest, _settings(ledger), download=not no_download)
     for line in result.summary():
         terminal.print(line, highlight=False)
     counts = result.report.counts
@@ -524,6 +662,90 @@ def report(
     missing = result.report.download_totals["missing"]
     if unfinished or (missing and not no_download) or result.lost:
         return ExitCode.UNFINISHED
+    return ExitCode.OK
+
+
+@app.command(epilog=EPILOG)
+@_edge
+def export(
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest that was run.")
+    ],
+    dest: Annotated[Path, typer.Argument(metavar="DEST", help="The folder to export into.")],
+    approved: Annotated[
+        bool, typer.Option("--approved", help="Only the takes approved in `mvbatch review`.")
+    ] = False,
+) -> ExitCode:
+    """Copy the takes into DEST for an editor, verified, with shots.csv and timeline.otio.
+
+    Files are named <shot>_<variant>_v<take>.mp4; the timeline holds the
+    approved takes in shot order. Exit 1 if a take asked for could not be
+    exported (the reason is said), or there was none to export.
+    """
+    from mvbatch.commands.exporting import export_manifest
+
+    result = export_manifest(manifest, dest, _settings(), approved=approved)
+    for line in result.summary():
+        terminal.print(line, highlight=False)
+    return ExitCode.OK if result.complete else ExitCode.UNFINISHED
+
+
+@app.command(epilog=EPILOG)
+@_edge
+def review(
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="The TOML manifest whose takes to review.")
+    ],
+    *,
+    host: Annotated[
+        str, typer.Option(help="Interface to bind; the default serves this machine only.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8766,
+    no_open: Annotated[
+        bool, typer.Option("--no-open", help="Do not open the page in a browser.")
+    ] = False,
+) -> ExitCode:
+    """Review the takes in the browser: approve, reject and note each one, live as takes land.
+
+    Serves the contact sheet as a local web app and prints its URL, with a
+    random token that every request needs. Each verdict is recorded in the
+    ledger at once; report.json's tasks carry the latest one ("verdict",
+    "note"), and the reports are written again when the review stops.
+    Ctrl-C stops it.
+    """
+    # Imported here for start-up time: `mvbatch --help` and other commands skip it.
+    from mvbatch.commands import reviewing
+
+    session = reviewing.prepare_review(manifest, _settings(), host=host, port=port)
+    try:
+        side = " (simulated)" if session.env == "sim" else ""
+        terminal.say(
+            f"reviewing {session.plan.name}{side}: {session.takes} planned takes; "
+            "verdicts are saved as you give them. Ctrl-C stops.",
+            event="review.started",
+        )
+        if not session.loopback:
+            terminal.say(
+                f"--host {host}: other machines can reach this server; the token still "
+                "guards it, so share the URL only with people who may give verdicts",
+                event="review.exposed",
+                level="warning",
+                style="yellow",
+            )
+        # The URL on its own line, unwrapped: it is what a person or a script copies.
+        terminal.stdout.write(f"{session.url}\n")
+        terminal.stdout.flush()
+        if not no_open:
+            reviewing.open_browser(session.url)
+        session.serve()
+        result = session.finish()
+    finally:
+        session.close()
+    terminal.say(
+        f"stopped; {session.sheet.verdicts_given} verdicts given"
+        + (f", reports written in {result.folder}" if result is not None else ""),
+        event="review.stopped",
+    )
     return ExitCode.OK
 
 

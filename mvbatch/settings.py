@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     base_url: str = Field(default=DEFAULT_BASE_URL, validation_alias="MINDVIDEO_BASE_URL")
     state_dir: Path = Field(default=Path("state"), validation_alias="MVBATCH_STATE_DIR")
     output_dir: Path = Field(default=Path("outputs"), validation_alias="MVBATCH_OUTPUT_DIR")
+    # Where the ledger is: a SQLite file, or a PostgreSQL URL that a fleet of
+    # workers shares. Secret: a URL may hold a database password.
+    ledger: SecretStr | None = Field(default=None, validation_alias="MVBATCH_LEDGER")
+    # How long a worker holds a task in flight without a heartbeat before
+    # another worker may take it over (a fleet on one ledger).
+    lease_seconds: float = Field(
+        default=30.0, gt=0, le=3600, allow_inf_nan=False, validation_alias="MVBATCH_LEASE_SECONDS"
+    )
     # Divides the built-in simulator's latencies (0: tasks end when created);
     # the demo runs at 1, tests at 0.
     sim_speed: float = Field(
@@ -57,6 +65,14 @@ class Settings(BaseSettings):
         if os.environ.get(KEY_VARIABLE, "").strip():
             return "the environment"
         return str(ENV_FILE.resolve())
+
+    def ledger_location(self) -> str | Path:
+        """The ledger to open: MVBATCH_LEDGER (a SQLite path or a postgresql:// URL), else
+        the state folder's `ledger.sqlite` (given as the folder)."""
+        if self.ledger is not None and self.ledger.get_secret_value().strip():
+            value = self.ledger.get_secret_value().strip()
+            return value if "://" in value else Path(value).expanduser()
+        return self.state_dir
 
     def api_key_value(self) -> str | None:
         if self.api_key is None:

@@ -37,7 +37,9 @@ def test_a_plan_in_a_pipe_is_not_cut_to_80_columns(demo_folder: Path) -> None:
     assert "assumed ×1, documented ×2" in result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["plan"], ["status"], ["report"], ["sim"]])
+@pytest.mark.parametrize(
+    "command", [[], ["run"], ["plan"], ["status"], ["report"], ["export"], ["review"], ["sim"]]
+)
 def test_help_is_whole_and_has_no_type_placeholders_on_flags(
     tmp_path: Path, command: list[str]
 ) -> None:

@@ -487,6 +487,8 @@ def test_huge_content_length(
     outcome = run(tmp_path, manifest, key, server.base_url)
     more = no_video(outcome)
     for path in outcome.outputs.rglob("*"):
+        if path.name.startswith("report."):
+            continue  # the reports themselves (the contact sheet outgrew a video)
         if path.is_file() and path.stat().st_size > len(VIDEO):
             more.append(f"{path.name} is {path.stat().st_size} bytes")
     check(outcome, key, [1], server, more=more)

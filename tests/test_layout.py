@@ -26,6 +26,7 @@ STAGES = (
     ("run",),
     ("downloads",),
     ("report",),
+    ("review",),
     ("commands",),
     ("ui",),
     ("cli", "__main__"),

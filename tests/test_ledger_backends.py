@@ -269,7 +269,7 @@ def test_workers_on_one_database_share_one_cap_and_take_each_task_once(pg_url: s
 
 def test_the_schema_is_migrated_once_and_the_logs_are_append_only(pg_url: str) -> None:
     with PostgresLedger(pg_url) as first, PostgresLedger(pg_url) as second:
-        assert applied(first.conn) == applied(second.conn) == ["pg001_initial"]
+        assert applied(first.conn) == applied(second.conn) == ["pg001_initial", "pg002_claims"]
         first.ensure_tasks(ENV, [row("mvb1-a")])
         walk(first, "mvb1-a")
         first.record_verdict(ENV, "mvb1-a", "approved", None)
@@ -297,3 +297,113 @@ def test_the_password_never_shows(pg_url: str) -> None:
     with pytest.raises(ConfigError, match="cannot open the ledger") as unreached:
         PostgresLedger(unreachable)
     assert password not in str(unreached.value)
+
+
+def test_a_worker_holds_what_it_sends_until_its_lease_is_over(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row("mvb1-a"), row("mvb1-b")])
+    mine = ledger.record_intent(
+        ENV,
+        "mvb1-a",
+        previous="planned",
+        submit_key="mvb1-a",
+        attempt=0,
+        run_id=None,
+        worker="w1",
+        lease=60.0,
+    )
+    assert mine.granted
+    held = ledger.task(ENV, "mvb1-a")
+    assert held is not None
+    assert held.claimed_by == "w1"
+    assert ledger.claim(ENV, "mvb1-a", "w2", 60.0) is None  # w1 is alive
+    assert ledger.claim(ENV, "mvb1-b", "w2", 60.0) is None  # not in flight: nothing to hold
+    # A re-send by another worker while w1 holds it is refused as stale.
+    resend = ledger.record_intent(
+        ENV,
+        "mvb1-a",
+        previous="submitting",
+        submit_key="mvb1-a",
+        attempt=0,
+        run_id=None,
+        worker="w2",
+        lease=60.0,
+    )
+    assert resend.stale
+    assert ledger.renew(ENV, "w1", 0.0) == 1  # w1 stops beating: its lease is over now
+    taken = ledger.claim(ENV, "mvb1-a", "w2", 60.0)
+    assert taken is not None
+    assert (taken.claimed_by, taken.status) == ("w2", "submitting")
+    assert ledger.claim(ENV, "mvb1-a", "w1", 60.0) is None  # w2 holds it now
+    assert ledger.release(ENV, "w2") == 1
+    assert ledger.claim(ENV, "mvb1-a", "w1", 60.0) is not None  # let go: free at once
+
+
+def test_the_fleets_concurrency_is_held_by_the_ledger(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row(f"mvb1-{n}") for n in range(4)])
+
+    def intent(n: int, worker: str) -> Any:
+        return ledger.record_intent(
+            ENV,
+            f"mvb1-{n}",
+            previous="planned",
+            submit_key=f"mvb1-{n}",
+            attempt=0,
+            run_id=None,
+            worker=worker,
+            lease=60.0,
+            in_flight_limit=2,
+        )
+
+    assert intent(0, "w1").granted
+    assert intent(1, "w2").granted
+    refused = intent(2, "w1")
+    assert refused.busy
+    assert not refused.granted
+    still = ledger.task(ENV, "mvb1-2")
+    assert still is not None
+    assert still.status == "planned"
+    ledger.record_rejected(ENV, "mvb1-0", error="no", http_status=400, run_id=None)
+    assert intent(2, "w1").granted  # one ended: a slot is free, for any worker
+
+
+def test_both_backends_have_the_same_tables_and_columns(tmp_path: Path, pg_url: str) -> None:
+    """The schema test on both: a column added to one backend's migrations only fails here."""
+    with SqliteLedger(tmp_path / "state") as lite:
+        tables = [
+            name
+            for (name,) in lite.db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        sqlite_columns = {
+            table: [c[1] for c in lite.db.execute(f"PRAGMA table_info({table})")]
+            for table in tables
+        }
+    with PostgresLedger(pg_url) as pg:
+        pg_columns: dict[str, list[str]] = {}
+        for found in pg.conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        ):
+            pg_columns.setdefault(found["table_name"], []).append(found["column_name"])
+    # PostgreSQL has no rowid: `seq` keeps the tasks in the order they were planned.
+    pg_columns["tasks"].remove("seq")
+    assert pg_columns == sqlite_columns
+
+
+def test_a_ledger_location_is_a_folder_a_file_or_a_url(tmp_path: Path, pg_url: str) -> None:
+    from mvbatch.ledger import describe, open_ledger
+
+    with open_ledger(tmp_path / "state") as in_folder:
+        in_folder.ensure_tasks(ENV, [row("mvb1-a")])
+    assert (tmp_path / "state" / "ledger.sqlite").is_file()
+    with open_ledger(tmp_path / "team" / "shared.sqlite") as in_file:
+        in_file.ensure_tasks(ENV, [row("mvb1-b")])
+    assert (tmp_path / "team" / "shared.sqlite").is_file()
+    with open_ledger(pg_url) as shared:
+        shared.ensure_tasks(ENV, [row("mvb1-c")])
+        assert [t.key for t in shared.tasks(ENV)] == ["mvb1-c"]
+    password = psycopg.conninfo.conninfo_to_dict(pg_url)["password"]
+    assert str(password) not in describe(pg_url)
+    with pytest.raises(ConfigError, match="SQLite file or a postgresql:// URL"):
+        open_ledger("mysql://user:pw@host/db")

@@ -73,7 +73,8 @@ CREATE TABLE tasks (
     submitted_at TEXT,
     started_at TEXT,
     finished_at TEXT,
-    updated_at TEXT NOT NULL, cost_reserved TEXT, rerolled_from TEXT,
+    updated_at TEXT NOT NULL, cost_reserved TEXT, rerolled_from TEXT, claimed_by TEXT,
+    lease_until REAL,
     PRIMARY KEY (env, key)
 );
 CREATE INDEX tasks_manifest ON tasks (env, manifest, status);
@@ -226,7 +227,12 @@ def test_pending_reads_an_old_file_without_migrating_it(tmp_path: Path) -> None:
     db = restore(OLD_LEDGERS / "m001_initial.sql", tmp_path)
     before = schema_of(db)
     assert migrations.applied(db) == ["m001_initial"]
-    assert migrations.pending(db) == ["m002_output_file_stat", "m003_cost_reserved", "m004_review"]
+    assert migrations.pending(db) == [
+        "m002_output_file_stat",
+        "m003_cost_reserved",
+        "m004_review",
+        "m005_claims",
+    ]
     assert schema_of(db) == before
     assert migrations.pending(sqlite_utils.Database(memory=True)) == [n for n, _ in MIGRATIONS]
 

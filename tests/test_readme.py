@@ -66,7 +66,7 @@ def test_every_command_in_the_readme_exists_and_has_help() -> None:
     block = re.search(r"## Commands\n\n```\n(.*?)```", README, flags=re.DOTALL)
     assert block is not None
     names = re.findall(r"^mvbatch (\w+)", block.group(1), flags=re.MULTILINE)
-    assert names == ["plan", "run", "status", "report", "sim"]
+    assert names == ["plan", "run", "status", "report", "review", "export", "sim"]
     runner = CliRunner()
     for name in names:
         result = runner.invoke(app, [name, "--help"])
@@ -81,6 +81,8 @@ CONTRACT_VARIABLES = [  # SPEC section 2: the environment of the contract
     "MINDVIDEO_BASE_URL",
     "MVBATCH_STATE_DIR",
     "MVBATCH_OUTPUT_DIR",
+    "MVBATCH_LEDGER",
+    "MVBATCH_LEASE_SECONDS",
 ]
 EXIT_CODES = ["0", "1", "2", "3", "4", "130"]
 INTERNALS = REPO / "docs" / "internals.md"

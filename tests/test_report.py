@@ -356,8 +356,9 @@ def test_prompts_and_messages_are_escaped_everywhere(settings: Settings) -> None
     assert names.count("script") == 1  # ours, allowed by the CSP hash
     assert not [a for _, attrs in parser.tags for a in attrs if a.startswith("on")]
     [video] = [attrs for tag, attrs in parser.tags if tag == "video"]
-    assert str(video["src"]).startswith("videos/")
-    assert (result.folder / unquote(str(video["src"]))).is_file()
+    # The source is set by the page's script when the card nears the viewport.
+    assert str(video["data-src"]).startswith("videos/")
+    assert (result.folder / unquote(str(video["data-src"]))).is_file()
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     markdown = result.files["md"].read_text()
     assert "<script>" not in markdown
@@ -370,9 +371,63 @@ def test_prompts_and_messages_are_escaped_everywhere(settings: Settings) -> None
     ]
     assert len(task_rows) == 2
     for line in task_rows:
-        assert line.replace("\\|", "").count("|") == 11
+        assert line.replace("\\|", "").count("|") == 12
     document = read_json(settings)
     assert document["tasks"][0]["error"] == HOSTILE  # JSON keeps the exact text
+
+
+NOTE = 'Keep it, "but" trim, the end\nsecond line | <b onclick=alert(1)>bold</b> =SUM(A1)'
+
+
+def test_verdicts_and_notes_reach_every_report(settings: Settings, plan: Plan) -> None:
+    """Given through the ledger (as `mvbatch review` does), shown by JSON, CSV and Markdown."""
+    ledger = mixed_ledger(settings, plan)
+    rows = ledger.tasks("sim", "demo")
+    by_status = {r.status: r for r in reversed(rows)}
+    good, bad = [r.key for r in rows if r.status == "succeeded"]
+    ledger.record_verdict("sim", good, "approved", NOTE)
+    ledger.record_verdict("sim", bad, "approved", None)
+    ledger.record_verdict("sim", bad, "rejected", "too dark")  # the latest counts
+    ledger.record_verdict("sim", by_status["failed"].key, "rejected", "=1+1")
+    result = write_report(settings, ledger, "demo", "sim", plan=plan)
+
+    tasks = {t["key"]: t for t in read_json(settings)["tasks"]}
+    assert (tasks[good]["verdict"], tasks[good]["note"]) == ("approved", NOTE)
+    assert (tasks[bad]["verdict"], tasks[bad]["note"]) == ("rejected", "too dark")
+    unreviewed = [t for t in tasks.values() if t["verdict"] is None]
+    assert len(unreviewed) == 2
+    assert all(t["note"] is None for t in unreviewed)
+    assert read_json(settings)["totals"]["verdicts"] == {
+        "approved": 1,
+        "rejected": 2,
+        "not_reviewed": 2,
+    }
+    assert "verdict" in read_json(settings)["definitions"]
+
+    csv_rows = {r["key"]: r for r in csv.DictReader(io.StringIO(result.files["csv"].read_text()))}
+    assert list(csv_rows[good])[-2:] == ["verdict", "note"]  # added at the end
+    assert (csv_rows[good]["verdict"], csv_rows[good]["note"]) == ("approved", NOTE)
+    assert (csv_rows[bad]["verdict"], csv_rows[bad]["note"]) == ("rejected", "too dark")
+    assert csv_rows[by_status["failed"].key]["note"] == "'=1+1"  # stays text
+    assert [r["verdict"] for r in csv_rows.values()].count("") == 2
+
+    markdown = result.files["md"].read_text()
+    assert "| reviewed (mvbatch review) | 1 approved, 2 rejected, 2 not reviewed |" in markdown
+    assert "<b" not in markdown
+    task_rows = [
+        line
+        for line in markdown.split("## Tasks")[1].splitlines()
+        if line.startswith("| ") and not line.startswith("| shot |")
+    ]
+    assert len(task_rows) == 5
+    for line in task_rows:
+        assert line.replace("\\|", "").count("|") == 12
+    [noted] = [line for line in task_rows if "approved" in line]
+    assert noted.endswith(
+        '| approved: Keep it, "but" trim, the end second line \\| '
+        "&lt;b onclick=alert(1)&gt;bold&lt;/b&gt; =SUM(A1) |"
+    )
+    assert "| rejected: too dark |" in markdown
 
 
 def test_the_api_key_never_reaches_a_report(settings: Settings) -> None:

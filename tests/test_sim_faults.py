@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sim_helpers import sim_client
+from sim_helpers import FakeClock, sim_client
 
 from mvbatch.sim.config import PROFILES, FaultRates, SimConfig, build_config
 
@@ -37,6 +37,7 @@ async def test_server_errors_are_5xx_with_a_json_body_and_create_nothing() -> No
             "by_status": dict.fromkeys(
                 ("queued", "processing", "succeeded", "failed", "cancelled"), 0
             ),
+            "max_in_flight": 0,
         }
         assert body["faults"]["server_error"] == 5
 
@@ -194,3 +195,18 @@ def test_rates_outside_zero_to_one_are_refused() -> None:
     config = build_config(faults="flaky", rates={"server_error": 0.5, "rate_limit": None})
     assert config.faults.server_error == 0.5
     assert config.faults.rate_limit == PROFILES["flaky"].rate_limit
+
+
+async def test_stats_say_the_most_tasks_ever_in_flight_at_once() -> None:
+    """Three tasks at once, then one after they end: at most three were ever alive."""
+    clock = FakeClock()
+    async with sim_client(SimConfig(clock=clock)) as client:
+        for n in range(3):
+            payload = {**PAYLOAD, "input": {**PAYLOAD["input"], "prompt": f"a cat {n}"}}
+            assert (await client.post("/api/v1/tasks", json=payload)).status_code == 200
+        clock.advance(3600)
+        payload = {**PAYLOAD, "input": {**PAYLOAD["input"], "prompt": "a cat 4"}}
+        assert (await client.post("/api/v1/tasks", json=payload)).status_code == 200
+        body = await stats(client)
+        assert body["tasks"]["total"] == 4
+        assert body["tasks"]["max_in_flight"] == 3

@@ -2,6 +2,8 @@
 
 - `planning`: a plan as `plan` shows it (the price book with the rates this
   ledger learned, the reference-video probe) and its tasks' ledger states;
+- `selection`: which of the plan's tasks a run runs (`run --draft`,
+  `--approved-only`, `--reroll-rejected`), and the re-rolled takes;
 - `running`: `run`, prepared without a request (endpoint, plan, ledger,
   budget check) so the CLI can show it, refuse or ask, then executed with the
   downloader and the reports; Ctrl-C handling (`Stopper`);

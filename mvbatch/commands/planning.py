@@ -3,7 +3,8 @@
 Owns: the price book for a plan (documented rates and those this ledger
 learned from the server), the reference-video probe (MP4 headers only, no
 Authorization), which side of the ledger (live or sim) a command speaks of,
-the plan's tasks as ledger rows, and their states in the ledger.
+the tasks a selection would run (`selected`), the plan's tasks as ledger
+rows, and their states in the ledger.
 Must not: send anything but the header requests of reference videos.
 """
 
@@ -17,8 +18,10 @@ from typing import Any
 import httpx
 
 from mvbatch.commands import folders
+from mvbatch.commands.selection import Kind, Selection, select
+from mvbatch.ledger import exists as ledger_exists
 from mvbatch.ledger import learned_rates as ledger_rates
-from mvbatch.ledger import plan_states
+from mvbatch.ledger import open_ledger, plan_states
 from mvbatch.plan import manifest, media, mp4, mp4_probe, planfile
 from mvbatch.plan.planner import Plan, ReferenceProbe, plan
 from mvbatch.plan.pricing import PriceBook
@@ -76,20 +79,40 @@ def default_env(settings: Settings) -> str:
 
 
 def learned_rates(settings: Settings, env: str | None = None) -> Mapping[str, Decimal]:
-    return ledger_rates(settings.state_dir, env or default_env(settings))
+    return ledger_rates(settings.ledger_location(), env or default_env(settings))
 
 
 def ledger_states(the_plan: Plan, settings: Settings, env: str | None = None) -> Mapping[str, str]:
     return plan_states(
-        settings.state_dir,
+        settings.ledger_location(),
         the_plan.name,
         [t.key for t in the_plan.tasks],
         env or default_env(settings),
     )
 
 
-def planned_rows(the_plan: Plan) -> list[dict[str, Any]]:
-    """The plan's tasks as ledger rows (`Ledger.ensure_tasks`)."""
+def selected(
+    the_plan: Plan, settings: Settings, kind: Kind = "all", env: str | None = None
+) -> Selection:
+    """What `run` with this selection would run, the re-rolls earlier runs recorded
+    included (`commands.selection`); creates no ledger."""
+    if not ledger_exists(settings.ledger_location()):
+        return select(the_plan, [], {}, kind)
+    side = env or default_env(settings)
+    with open_ledger(settings.ledger_location()) as ledger:
+        rows = ledger.tasks(side, the_plan.name)
+        verdicts = ledger.verdicts(side, the_plan.name) if kind != "all" else {}
+        return select(the_plan, rows, verdicts, kind)
+
+
+def planned_rows(
+    the_plan: Plan, rerolled_from: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The plan's tasks as ledger rows (`Ledger.ensure_tasks`).
+
+    `rerolled_from`: for each re-rolled take's key, the rejected take it replaces.
+    """
+    replaces = rerolled_from or {}
     return [
         {
             "key": t.key,
@@ -105,6 +128,7 @@ def planned_rows(the_plan: Plan) -> list[dict[str, Any]]:
             "upper_bound": t.estimate.upper_bound,
             "estimate_local": t.estimate.cost,
             "estimate_source": t.estimate.source,
+            "rerolled_from": replaces.get(t.key),
         }
         for t in the_plan.tasks
     ]

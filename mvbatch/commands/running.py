@@ -1,8 +1,9 @@
 """`run`: prepared without a request, then executed with the downloads and the reports.
 
 Owns: preparing a run (endpoint chosen, the state and output folders checked,
-plan built, ledger opened, budget checked) so that the CLI can show the plan,
-refuse or ask before anything is sent; executing it (the executor, then the
+plan built, ledger opened, the tasks to run chosen (`selection.py`), budget
+checked) so that the CLI can show the plan, refuse or ask before anything is
+sent; executing it (the executor, then the
 downloads catching up, then the reports), recording the run's outcome and
 backing the ledger up after a run that ended; what Ctrl-C does (`Stopper`).
 Must not: print (the CLI watches through `watch` and `Stopper`'s callbacks).
@@ -16,7 +17,7 @@ import dataclasses
 import signal
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from mvbatch.api.client import ApiClient, pool_size
 from mvbatch.api.endpoint import Endpoint, choose
 from mvbatch.commands import folders
 from mvbatch.commands.planning import build_plan, planned_rows
+from mvbatch.commands.selection import Kind, Selection, select, shard_cap, shard_of, shard_text
 from mvbatch.downloads.fetch import Downloader
 from mvbatch.errors import MvbatchError, UsageError
 from mvbatch.ledger import Ledger, TaskRow, keep_backup, open_ledger
@@ -61,6 +63,15 @@ class PreparedRun:
     max_wait: float | None  # seconds a run follows a task that has not ended; None: forever
     rows: dict[str, TaskRow] = field(default_factory=dict)
     max_cost: Decimal | None = None  # --max-cost, shown beside the manifest's max_usd
+    # What `plan` was chosen from (`run --draft`, `--approved-only`, `--reroll-rejected`).
+    selection: Selection | None = None
+    # `run --shard K/N`: which slice, said beside the plan with the cap's share.
+    shard_line: str | None = None
+
+    @property
+    def manifest_plan(self) -> Plan:
+        """Every task of the manifest, recorded re-rolls included: what the report speaks of."""
+        return self.selection.full if self.selection is not None else self.plan
 
     @property
     def states(self) -> dict[str, str]:
@@ -79,8 +90,14 @@ def prepare_run(
     concurrency: int,
     retry_failed: bool,
     max_wait_minutes: float | None = None,
+    selection: Kind = "all",
+    shard: tuple[int, int] | None = None,
 ) -> PreparedRun:
-    """Everything `run` needs before its first request; makes none."""
+    """Everything `run` needs before its first request; makes none.
+
+    `selection` chooses the tasks (`commands.selection`): all that is left,
+    a draft, the shots with an approved take, or re-rolls of rejected takes.
+    """
 
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise UsageError(
@@ -97,13 +114,26 @@ def prepare_run(
     # must never be charged and then have nowhere to be recorded or saved.
     sim = ("sim",) if endpoint.simulated else ()
     folders.writable(settings.state_dir, folders.STATE, "logs", *sim)
-    the_plan = build_plan(path, settings, endpoint.env)
-    folders.writable(settings.output_dir, folders.OUTPUT, the_plan.name)
-    ledger = open_ledger(settings.state_dir)
+    manifest_plan = build_plan(path, settings, endpoint.env)
+    folders.writable(settings.output_dir, folders.OUTPUT, manifest_plan.name)
+    ledger = open_ledger(settings.ledger_location())
     try:
-        rows = {r.key: r for r in ledger.tasks(endpoint.env, the_plan.name)}
+        recorded = ledger.tasks(endpoint.env, manifest_plan.name)
+        verdicts = ledger.verdicts(endpoint.env, manifest_plan.name) if selection != "all" else {}
+        chosen = select(manifest_plan, recorded, verdicts, selection)
+        rows = {r.key: r for r in recorded}
+        cap = effective_cap(chosen.plan.max_usd, max_cost)
+        shard_line = None
+        if shard is not None:
+            # The shard's slice is all this run and its report speak of.
+            whole, whole_cap = len(chosen.plan.tasks), cap
+            chosen = replace(
+                chosen, plan=shard_of(chosen.plan, *shard), full=shard_of(chosen.full, *shard)
+            )
+            cap = shard_cap(cap, shard[1])
+            shard_line = shard_text(shard, len(chosen.plan.tasks), whole, cap, whole_cap)
+        the_plan = chosen.plan
         planned = {t.key for t in the_plan.tasks}
-        cap = effective_cap(the_plan.max_usd, max_cost)
         check = preflight(
             the_plan,
             {k: r for k, r in rows.items() if k in planned},
@@ -126,6 +156,8 @@ def prepare_run(
         max_wait,
         rows,
         max_cost,
+        chosen,
+        shard_line,
     )
 
 
@@ -133,6 +165,9 @@ def prepare_run(
 class RunOutcome:
     result: RunResult
     report: ReportResult | None
+    # Every task the run was asked for succeeded with its videos on disk (the
+    # report speaks of the whole manifest; a draft asks for part of it).
+    complete: bool = False
 
 
 class Stopper:
@@ -197,7 +232,8 @@ async def execute(
     loop = asyncio.get_running_loop()
     if stopper is not None:
         stopper.install(loop)
-    ledger.ensure_tasks(endpoint.env, planned_rows(the_plan))
+    rerolled_from = prepared.selection.rerolled_from if prepared.selection is not None else {}
+    ledger.ensure_tasks(endpoint.env, planned_rows(the_plan, rerolled_from))
     run_id = ledger.start_run(
         endpoint.env, the_plan.name, endpoint.base_url, prepared.cap, prepared.concurrency
     )
@@ -222,6 +258,7 @@ async def execute(
             retry_failed=prepared.retry_failed,
             on_succeeded=downloader.on_succeeded if downloader else None,
             max_wait=prepared.max_wait,
+            lease=prepared.settings.lease_seconds,
         )
         if stopper is not None:
             stopper.executor = executor
@@ -238,7 +275,9 @@ async def execute(
         written = None
         if not result.interrupted:
             written = await _download_and_report(
-                report.finish_run(downloader, prepared.settings, ledger, the_plan, endpoint.env),
+                report.finish_run(
+                    downloader, prepared.settings, ledger, prepared.manifest_plan, endpoint.env
+                ),
                 stopper,
             )
             if written is None:
@@ -246,14 +285,14 @@ async def execute(
                 result = dataclasses.replace(result, interrupted=True, downloads_interrupted=True)
                 outcome = "interrupted"
         ended = not result.interrupted
-        return RunOutcome(result, written)
+        return RunOutcome(result, written, _complete(written, the_plan, prepared.selection))
     except (asyncio.CancelledError, KeyboardInterrupt):
         outcome = "interrupted"  # cancelled by the caller, in either phase
         raise
     finally:
         ledger.finish_run(run_id, outcome)
         if ended:
-            keep_backup(prepared.settings.state_dir)
+            keep_backup(prepared.settings.ledger_location())
         await api.aclose()
         if files is not None:
             await files.aclose()
@@ -281,6 +320,18 @@ async def _download_and_report(
     finally:
         if stopper is not None:
             stopper.finishing = None
+
+
+def _complete(written: ReportResult | None, the_plan: Plan, selection: Selection | None) -> bool:
+    """Whether every task the run was asked for succeeded and its videos are on disk."""
+    if written is None:
+        return False
+    if selection is None or selection.kind == "all":
+        return written.complete
+    asked = {t.key for t in the_plan.tasks}
+    return all(
+        t.status == "succeeded" and t.downloaded for t in written.report.tasks if t.key in asked
+    )
 
 
 def _outcome(result: RunResult) -> str:

@@ -14,8 +14,10 @@ from typing import Any
 
 from mvbatch import logs
 from mvbatch.commands.planning import build_plan, default_env, manifest_of
+from mvbatch.commands.selection import with_rerolls
 from mvbatch.errors import MvbatchError
 from mvbatch.ledger import IN_FLIGHT, STATUSES, Ledger, TaskRow, open_ledger
+from mvbatch.ledger import exists as ledger_exists
 from mvbatch.ledger.charges import charge_of, failures_by_charge
 from mvbatch.plan import manifest
 from mvbatch.plan.planner import Plan
@@ -46,14 +48,16 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     unknown: dict[str, int] = {}
     run: dict[str, Any] | None = None
     env = default_env(settings)
-    if (settings.state_dir / "ledger.sqlite").is_file():
-        with open_ledger(settings.state_dir) as ledger:
+    if ledger_exists(settings.ledger_location()):
+        with open_ledger(settings.ledger_location()) as ledger:
             run = ledger.last_run(name)
             if run is not None:
                 env = str(run["env"])
             rows = ledger.tasks(env, name)
             unknown = _unknown_statuses(ledger, env, rows)
     the_plan, plan_error = _status_plan(path, settings, env, bool(rows))
+    if the_plan is not None:  # re-rolled takes (`run --reroll-rejected`) were planned too
+        the_plan, _ = with_rerolls(the_plan, rows)
     planned = {t.key: t for t in the_plan.tasks} if the_plan is not None else None
     if planned is not None:
         rows = [r for r in rows if r.key in planned or r.status != "planned"]

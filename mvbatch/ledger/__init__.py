@@ -28,7 +28,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from mvbatch import logs
-from mvbatch.ledger import connection
+from mvbatch.errors import ConfigError
+from mvbatch.ledger import connection, postgres
 from mvbatch.ledger.connection import FILE_NAME
 from mvbatch.ledger.interface import Ledger
 from mvbatch.ledger.rows import (
@@ -58,25 +59,50 @@ __all__ = [
     "TaskRow",
     "Verdict",
     "committed_cost",
+    "describe",
+    "exists",
     "keep_backup",
     "learned_rates",
     "open_ledger",
     "plan_states",
+    "sqlite_file",
 ]
 
 
-def open_ledger(state_dir: Path) -> Ledger:
-    """The ledger kept under `state_dir`, created and migrated if need be. Close it after use.
+def sqlite_file(where: Path) -> Path:
+    """The SQLite file a ledger location names: a folder's `ledger.sqlite`, or the file itself."""
+    if where.suffix in (".sqlite", ".sqlite3", ".db") and not where.is_dir():
+        return where
+    return where / FILE_NAME
 
-    A ledger file that is not a sound database raises `LedgerDamaged` before
-    anything writes to it (`connection.check`); one that cannot be created or
-    opened for reasons of the disk (a read-only mount, permissions) raises
-    `ConfigError`. (Later, a PostgreSQL URL will open the shared ledger of a
-    fleet of workers.)
+
+def describe(where: str | Path) -> str:
+    """The ledger's location as it may be shown: a path, or a URL without its password."""
+    if isinstance(where, str):
+        return postgres.shown(where)
+    return str(sqlite_file(where))
+
+
+def open_ledger(where: str | Path) -> Ledger:
+    """The ledger at `where`, created and migrated if need be. Close it after use.
+
+    `where` is a state folder (its `ledger.sqlite`), a SQLite file, or a
+    `postgresql://` URL (the shared ledger of a fleet of workers). A ledger
+    file that is not a sound database raises `LedgerDamaged` before anything
+    writes to it (`connection.check`); one that cannot be created or opened
+    for reasons of the disk (a read-only mount, permissions) or a database
+    that cannot be reached raises `ConfigError`.
     """
-    path = state_dir / FILE_NAME
+    if isinstance(where, str):
+        if not postgres.is_url(where):
+            raise ConfigError(
+                f"the ledger must be a SQLite file or a postgresql:// URL, not {describe(where)!r}",
+                hint="set MVBATCH_LEDGER (or --ledger) to a path or postgresql://user@host/db",
+            )
+        return postgres.PostgresLedger(where)
+    path = sqlite_file(where)
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         connection.create(path)
     except (OSError, sqlite3.Error) as error:
         if isinstance(error, sqlite3.Error) and not connection.is_disk_trouble(error):
@@ -84,7 +110,7 @@ def open_ledger(state_dir: Path) -> Ledger:
         raise connection.open_error(path, error) from None
     connection.check(path)
     try:
-        return SqliteLedger(state_dir)
+        return SqliteLedger(path.parent, path.name)
     except sqlite3.Error as error:
         if connection.is_damage(error):  # damaged between the check and the open
             connection.check(path)
@@ -93,31 +119,40 @@ def open_ledger(state_dir: Path) -> Ledger:
         raise
 
 
-def keep_backup(state_dir: Path) -> Path | None:
+def exists(where: str | Path) -> bool:
+    """Whether there is a ledger there to read (a database URL always counts)."""
+    return isinstance(where, str) or sqlite_file(where).is_file()
+
+
+def keep_backup(where: str | Path) -> Path | None:
     """Refresh `ledger.sqlite.bak`, the copy a damaged ledger can be restored from.
 
     Called after each run that ended. Never fatal: a backup that cannot be
-    made is logged (`ledger.backup_failed`) and the previous one stays.
+    made is logged (`ledger.backup_failed`) and the previous one stays. A
+    PostgreSQL ledger is backed up by its server's own means: nothing here.
     """
+    if isinstance(where, str):
+        return None
+    path = sqlite_file(where)
     try:
-        return connection.backup(state_dir / FILE_NAME)
+        return connection.backup(path)
     except (OSError, sqlite3.Error) as error:
-        log.warning("ledger.backup_failed", path=str(state_dir / FILE_NAME), error=str(error))
+        log.warning("ledger.backup_failed", path=str(path), error=str(error))
         return None
 
 
-def learned_rates(state_dir: Path, env: str) -> dict[str, Decimal]:
+def learned_rates(where: str | Path, env: str) -> dict[str, Decimal]:
     """The rates learned so far; none, and no ledger created, if there is none yet."""
-    if not SqliteLedger.exists(state_dir):
+    if not exists(where):
         return {}
-    with open_ledger(state_dir) as ledger:
+    with open_ledger(where) as ledger:
         return ledger.learned_rates(env)
 
 
-def plan_states(state_dir: Path, manifest: str, keys: list[str], env: str) -> dict[str, str]:
+def plan_states(where: str | Path, manifest: str, keys: list[str], env: str) -> dict[str, str]:
     """Each known key's plan state (`new`, `in_flight`, `done`, `failed`); creates no ledger."""
-    if not SqliteLedger.exists(state_dir):
+    if not exists(where):
         return {}
-    with open_ledger(state_dir) as ledger:
+    with open_ledger(where) as ledger:
         wanted = set(keys)
         return {row.key: row.plan_state for row in ledger.tasks(env, manifest) if row.key in wanted}

@@ -76,4 +76,6 @@ def task_row(row: Mapping[str, Any]) -> TaskRow:
         cost_prior=Decimal(row["cost_prior"] or "0"),
         cost_reserved=decimal(row["cost_reserved"]),
         rerolled_from=row["rerolled_from"],
+        claimed_by=row.get("claimed_by"),
+        lease_until=row.get("lease_until"),
     )

@@ -101,6 +101,9 @@ class Ledger(Protocol):
         run_id: int | None,
         estimate: Decimal | None = None,
         cap: Decimal | None = None,
+        worker: str | None = None,
+        lease: float | None = None,
+        in_flight_limit: int | None = None,
     ) -> Reservation:
         """Committed before the POST is sent: "`submit_key` is about to be submitted".
 
@@ -122,6 +125,13 @@ class Ledger(Protocol):
         so the row never mixes two attempts; what the superseded attempt
         committed us to spend moves into `cost_prior`: a retry never erases
         money spent. The events keep the history.
+
+        With `worker`, the intent is also a claim: the task is held by
+        `worker` for `lease` seconds (renewed by `renew`), and an intent on a
+        task another worker holds on a live lease is refused as stale. With
+        `in_flight_limit`, a new submission is refused (`Reservation.busy`)
+        while the manifest has that many tasks in flight, every worker's
+        counted, in the same step: the fleet's concurrency.
         """
         ...
 
@@ -253,6 +263,25 @@ class Ledger(Protocol):
 
     def undownloaded(self, env: str, manifest: str) -> set[str]:
         """Keys of the manifest's succeeded tasks with an output not downloaded yet."""
+        ...
+
+    # -- claims: which worker holds a task in flight (a fleet on one ledger)
+
+    def claim(self, env: str, key: str, worker: str, lease: float) -> TaskRow | None:
+        """Hold a task in flight for `lease` seconds; its row as claimed, or None.
+
+        Taken when no worker holds it, `worker` already does, or its holder's
+        lease is over (on the ledger's clock); a task not in flight is never
+        claimed. One step: two workers never both take it.
+        """
+        ...
+
+    def renew(self, env: str, worker: str, lease: float) -> int:
+        """The worker's heartbeat: every task it holds in flight, `lease` seconds more."""
+        ...
+
+    def release(self, env: str, worker: str) -> int:
+        """Let go of every task the worker holds (it stops): others may take them at once."""
         ...
 
     # -- what a person decided (`mvbatch review`)

@@ -191,6 +191,14 @@ def m004_review(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE tasks ADD COLUMN rerolled_from TEXT")
 
 
+@migration
+def m005_claims(db: sqlite_utils.Database) -> None:
+    # Which worker holds a task in flight, and until when (epoch seconds): a
+    # worker that dies loses its tasks when the lease runs out.
+    db.execute("ALTER TABLE tasks ADD COLUMN claimed_by TEXT")
+    db.execute("ALTER TABLE tasks ADD COLUMN lease_until REAL")
+
+
 # ------------------------------------------------------------------ applying them
 
 

@@ -200,6 +200,13 @@ MIGRATIONS: list[tuple[str, tuple[str, ...]]] = [
                 FOR EACH ROW EXECUTE FUNCTION mvbatch_append_only()""",
         ),
     ),
+    (
+        "pg002_claims",
+        (
+            "ALTER TABLE tasks ADD COLUMN claimed_by TEXT",
+            "ALTER TABLE tasks ADD COLUMN lease_until DOUBLE PRECISION",
+        ),
+    ),
 ]
 
 CREATE_MIGRATIONS = (
@@ -252,6 +259,13 @@ def applied(conn: psycopg.Connection[dict[str, Any]]) -> list[str]:
     if found is None or found["t"] is None:
         return []
     return [row["name"] for row in conn.execute(Q["applied_migrations"])]
+
+
+def _first(db: psycopg.Connection[dict[str, Any]], sql: str, values: Mapping[str, Any]) -> Any:
+    """The first column of the first row a query returns."""
+    found = db.execute(sql, dict(values)).fetchone()
+    assert found is not None
+    return next(iter(found.values()))
 
 
 class PostgresLedger:
@@ -405,12 +419,23 @@ class PostgresLedger:
         run_id: int | None,
         estimate: Decimal | None = None,
         cap: Decimal | None = None,
+        worker: str | None = None,
+        lease: float | None = None,
+        in_flight_limit: int | None = None,
     ) -> Reservation:
         task = {"env": env, "key": key}
         with self.transaction() as db:
             row = self._locked_row(db, env, key)
+            clock = self._clock(db)
             reservation = self._reserve(
-                db, row, previous=previous, attempt=attempt, estimate=estimate, cap=cap
+                db,
+                row,
+                previous=previous,
+                attempt=attempt,
+                estimate=estimate,
+                cap=cap,
+                claim=(worker, clock),
+                in_flight_limit=in_flight_limit,
             )
             if not reservation.granted:
                 return reservation  # nothing written
@@ -426,7 +451,14 @@ class PostgresLedger:
                     "cap": money(reservation.cap),
                 }
             reserved = row.cost_reserved if previous == "submitting" and row else estimate
-            values = {**task, **change, "cost_reserved": money(reserved), "run_id": run_id}
+            values = {
+                **task,
+                **change,
+                "cost_reserved": money(reserved),
+                "run_id": run_id,
+                "worker": worker,
+                "lease_until": None if worker is None else clock + (lease or 0.0),
+            }
             self._transition(
                 db,
                 "record_intent",
@@ -460,6 +492,8 @@ class PostgresLedger:
         attempt: int,
         estimate: Decimal | None,
         cap: Decimal | None,
+        claim: tuple[str | None, float],
+        in_flight_limit: int | None,
     ) -> Reservation:
         """Hold the task's estimate against the cap, the manifest's lock held (see sqlite.py)."""
         if row is None:
@@ -467,6 +501,18 @@ class PostgresLedger:
         amount = row.estimate_local if estimate is None else estimate
         if row.status != previous or (previous in FAILED and row.attempt >= attempt):
             return Reservation(False, amount, None, cap, stale=True)
+        worker, clock = claim
+        held = row.claimed_by not in (None, worker) and (row.lease_until or 0.0) > clock
+        if held:  # another worker holds it and is alive: it is theirs to send
+            return Reservation(False, amount, None, cap, stale=True)
+        if in_flight_limit is not None and previous != "submitting":
+            busy = _first(
+                db,
+                Q["in_flight_of_manifest"],
+                {"env": row.env, "manifest": row.manifest, "key": row.key},
+            )
+            if int(busy) >= in_flight_limit:
+                return Reservation(False, amount, None, cap, busy=True)
         if cap is None or previous == "submitting":
             return Reservation(True, amount, None, cap)
         found = db.execute(
@@ -668,6 +714,33 @@ class PostgresLedger:
 
     def undownloaded(self, env: str, manifest: str) -> set[str]:
         return {r["key"] for r in self._rows("undownloaded", {"env": env, "manifest": manifest})}
+
+    # -- claims: which worker holds a task in flight
+
+    @staticmethod
+    def _clock(db: psycopg.Connection[dict[str, Any]]) -> float:
+        # The database's clock, not this machine's: leases hold whatever the
+        # workers' clocks say.
+        return float(_first(db, Q["clock"], {}))
+
+    def claim(self, env: str, key: str, worker: str, lease: float) -> TaskRow | None:
+        with self.transaction() as db:
+            clock = self._clock(db)
+            values = {"env": env, "key": key, "worker": worker, "now": clock}
+            taken = db.execute(Q["claim"], {**values, "lease_until": clock + lease}).rowcount
+            if not taken:
+                return None
+            found = db.execute(Q["task"], {"env": env, "key": key}).fetchone()
+            return task_row(found) if found is not None else None
+
+    def renew(self, env: str, worker: str, lease: float) -> int:
+        with self.transaction() as db:
+            values = {"env": env, "worker": worker, "lease_until": self._clock(db) + lease}
+            return int(db.execute(Q["renew"], values).rowcount)
+
+    def release(self, env: str, worker: str) -> int:
+        with self.transaction() as db:
+            return int(db.execute(Q["release"], {"env": env, "worker": worker}).rowcount)
 
     # -- what a person decided
 

@@ -88,10 +88,11 @@ GROUP BY status, estimate_local, cost_reserved, cost_estimate, cost_actual, cost
 
 -- name: record_intent
 -- :cost_reserved is what the task is held at against the cap until answered (NULL: estimate_local).
+-- :worker holds it until :lease_until (NULL, NULL: a caller that does not claim).
 UPDATE tasks SET
     status = 'submitting', submit_key = :submit_key, attempt = :attempt,
     submissions = submissions + 1, cost_reserved = :cost_reserved, run_id = :run_id,
-    updated_at = :stamp
+    claimed_by = :worker, lease_until = :lease_until, updated_at = :stamp
 WHERE env = :env AND key = :key;
 
 -- name: record_submitted
@@ -199,3 +200,25 @@ JOIN (
 
 -- name: verdict_history
 SELECT key, at, verdict, note FROM verdicts WHERE env = :env AND key = :key ORDER BY id;
+
+-- name: in_flight_of_manifest
+-- How many of the manifest's tasks are in flight, whichever worker holds them.
+SELECT count(*) AS n FROM tasks
+WHERE env = :env AND manifest = :manifest
+    AND status IN ('submitting', 'queued', 'processing') AND key != :key;
+
+-- name: claim
+-- Take a task in flight: free, ours, or its holder's lease is over.
+UPDATE tasks SET claimed_by = :worker, lease_until = :lease_until
+WHERE env = :env AND key = :key AND status IN ('submitting', 'queued', 'processing')
+    AND (claimed_by IS NULL OR claimed_by = :worker OR lease_until <= :now);
+
+-- name: renew
+-- A worker's heartbeat: every task it holds in flight is held a lease longer.
+UPDATE tasks SET lease_until = :lease_until
+WHERE env = :env AND claimed_by = :worker AND status IN ('submitting', 'queued', 'processing');
+
+-- name: release
+-- A worker that stops lets go of what it holds: others take it at once.
+UPDATE tasks SET claimed_by = NULL, lease_until = NULL
+WHERE env = :env AND claimed_by = :worker;

@@ -59,3 +59,7 @@ SELECT latency_class, seconds FROM (
 -- name: lock_migrations
 -- Two workers starting at once apply each migration once.
 SELECT pg_advisory_xact_lock(7361626174636801);
+
+-- name: clock
+-- The database's clock: every worker's leases are measured on this one.
+SELECT extract(epoch FROM clock_timestamp())::float8 AS now;

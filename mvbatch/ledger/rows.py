@@ -89,6 +89,10 @@ class TaskRow:
     cost_reserved: Decimal | None = None
     # The rejected take this one re-rolls (`run --reroll-rejected`), if it is one.
     rerolled_from: str | None = None
+    # The worker that holds the task while it is in flight, and until when
+    # (seconds since the epoch, the ledger's clock): past it, another may take it.
+    claimed_by: str | None = None
+    lease_until: float | None = None
 
     @property
     def plan_state(self) -> str:
@@ -151,8 +155,12 @@ class Reservation:
     committed: Decimal | None  # the manifest's committed spend before it; None: no cap asked
     cap: Decimal | None
     # Refused because the row is not as the caller saw it: another process
-    # moved the task on (or the ledger does not know it). Not a budget matter.
+    # moved the task on, holds a live claim on it (or the ledger does not know
+    # it). Not a budget matter.
     stale: bool = False
+    # Refused because the manifest already has `in_flight_limit` tasks in
+    # flight, every worker's counted: the fleet's concurrency. Try again later.
+    busy: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ migrations (`migrations.py`).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
@@ -39,18 +40,24 @@ from mvbatch.ledger.rows import (
 )
 
 
+def _first(db: sqlite_utils.Database, sql: str, values: Mapping[str, Any]) -> Any:
+    """The first column of the first row a query returns."""
+    return db.execute(sql, dict(values)).fetchone()[0]
+
+
 class SqliteLedger:
     """The ledger file, opened (and migrated) for one process. Implements `Ledger`."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, name: str = FILE_NAME) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.db = connection.connect(state_dir / FILE_NAME)
+        self.path = state_dir / name
+        self.db = connection.connect(self.path)
         migrations.migrate(self.db)
 
     @staticmethod
-    def exists(state_dir: Path) -> bool:
+    def exists(state_dir: Path, name: str = FILE_NAME) -> bool:
         """Whether a ledger was ever created under `state_dir` (creates nothing)."""
-        return (state_dir / FILE_NAME).is_file()
+        return (state_dir / name).is_file()
 
     def close(self) -> None:
         self.db.close()
@@ -185,6 +192,9 @@ class SqliteLedger:
         run_id: int | None,
         estimate: Decimal | None = None,
         cap: Decimal | None = None,
+        worker: str | None = None,
+        lease: float | None = None,
+        in_flight_limit: int | None = None,
     ) -> Reservation:
         task = {"env": env, "key": key}
         with self.transaction() as db:
@@ -192,8 +202,16 @@ class SqliteLedger:
             # spend between the sum and the intent (check, lock, check again).
             rows = list(db.query(Q["task"], task))
             row = task_row(rows[0]) if rows else None
+            clock = self._clock(db)
             reservation = self._reserve(
-                db, row, previous=previous, attempt=attempt, estimate=estimate, cap=cap
+                db,
+                row,
+                previous=previous,
+                attempt=attempt,
+                estimate=estimate,
+                cap=cap,
+                claim=(worker, clock),
+                in_flight_limit=in_flight_limit,
             )
             if not reservation.granted:
                 return reservation  # nothing written
@@ -211,7 +229,14 @@ class SqliteLedger:
                 }
             # A re-send keeps what its first intent reserved.
             reserved = row.cost_reserved if previous == "submitting" and row else estimate
-            values = {**task, **change, "cost_reserved": money(reserved), "run_id": run_id}
+            values = {
+                **task,
+                **change,
+                "cost_reserved": money(reserved),
+                "run_id": run_id,
+                "worker": worker,
+                "lease_until": None if worker is None else clock + (lease or 0.0),
+            }
             self._transition(
                 db,
                 "record_intent",
@@ -232,6 +257,8 @@ class SqliteLedger:
         attempt: int,
         estimate: Decimal | None,
         cap: Decimal | None,
+        claim: tuple[str | None, float],
+        in_flight_limit: int | None,
     ) -> Reservation:
         """Hold the task's estimate against the cap, with the write lock held.
 
@@ -244,6 +271,18 @@ class SqliteLedger:
             # Another process moved the task on since this one read it (sent it,
             # retried it, finished it): writing would undo that work.
             return Reservation(False, amount, None, cap, stale=True)
+        worker, clock = claim
+        held = row.claimed_by not in (None, worker) and (row.lease_until or 0.0) > clock
+        if held:  # another worker holds it and is alive: it is theirs to send
+            return Reservation(False, amount, None, cap, stale=True)
+        if in_flight_limit is not None and previous != "submitting":
+            busy = _first(
+                db,
+                Q["in_flight_of_manifest"],
+                {"env": row.env, "manifest": row.manifest, "key": row.key},
+            )
+            if int(busy) >= in_flight_limit:
+                return Reservation(False, amount, None, cap, busy=True)
         if cap is None or previous == "submitting":
             return Reservation(True, amount, None, cap)
         found = db.query(Q["committed_of_manifest"], {"env": row.env, "manifest": row.manifest})
@@ -449,6 +488,31 @@ class SqliteLedger:
         return {
             r["key"] for r in self.db.query(Q["undownloaded"], {"env": env, "manifest": manifest})
         }
+
+    # -- claims: which worker holds a task in flight
+
+    @staticmethod
+    def _clock(_db: sqlite_utils.Database) -> float:
+        # One machine, one clock: the processes on this file share it.
+        return time.time()
+
+    def claim(self, env: str, key: str, worker: str, lease: float) -> TaskRow | None:
+        with self.transaction() as db:
+            clock = self._clock(db)
+            values = {"env": env, "key": key, "worker": worker, "now": clock}
+            taken = db.execute(Q["claim"], {**values, "lease_until": clock + lease}).rowcount
+            if not taken:
+                return None
+            return task_row(next(iter(db.query(Q["task"], {"env": env, "key": key}))))
+
+    def renew(self, env: str, worker: str, lease: float) -> int:
+        with self.transaction() as db:
+            values = {"env": env, "worker": worker, "lease_until": self._clock(db) + lease}
+            return int(db.execute(Q["renew"], values).rowcount)
+
+    def release(self, env: str, worker: str) -> int:
+        with self.transaction() as db:
+            return int(db.execute(Q["release"], {"env": env, "worker": worker}).rowcount)
 
     # -- what a person decided
 

@@ -287,6 +287,27 @@ def _plan_shot(b: _Builder, shot: Shot) -> None:
             b.tasks[key] = task
 
 
+def another_take(task: PlannedTask, take: int, input: Mapping[str, Any]) -> PlannedTask:
+    """`task` as another take with this input (`run --reroll-rejected`), keyed as `plan` keys.
+
+    The input is `task.input` with, at most, a field no price depends on
+    changed (a pinned seed), so the estimate stays the task's.
+    """
+    canonical = canonical_json(_canonical(input))
+    key = task_key_from_text(task.manifest, task.model, canonical, take)
+    return PlannedTask(
+        key,
+        task.manifest,
+        task.shot,
+        task.shots,
+        task.variant,
+        take,
+        task.model,
+        dict(input),
+        task.estimate,
+    )
+
+
 def _where(variant: Variant) -> str:
     """Names the matrix variant in a message, for shots that have several."""
     label = " · ".join(f"{k}={_short(v)}" for k, v in variant)

@@ -59,7 +59,7 @@ def build_report(
         entries.append(
             _from_row(row, outputs, folder, failed_now, seen)
             if row is not None and row.status != "planned"
-            else _from_plan(task)
+            else _from_plan(task, row.rerolled_from if row is not None else None)
         )
     entries.extend(
         _from_row(row, outputs, folder, failed_now, seen, in_plan=plan is None)
@@ -101,7 +101,7 @@ def _with_verdict(entry: TaskEntry, verdict: Verdict | None) -> TaskEntry:
     return replace(entry, verdict=verdict.verdict, note=verdict.note)
 
 
-def _from_plan(task: PlannedTask) -> TaskEntry:
+def _from_plan(task: PlannedTask, rerolled_from: str | None = None) -> TaskEntry:
     return TaskEntry(
         task.key,
         task.shot,
@@ -116,6 +116,7 @@ def _from_plan(task: PlannedTask) -> TaskEntry:
         task.estimate.source,
         task.estimate.upper_bound,
         billed_seconds=task.estimate.seconds,
+        rerolled_from=rerolled_from,
     )
 
 

@@ -5,9 +5,11 @@ run`: the downloads catch up, then the reports) and `report_command` (`mvbatch
 report`: verify or fetch the videos through the downloader, then the
 reports); writing report.json, report.csv, report.md and report.html into
 `MVBATCH_OUTPUT_DIR/<name>/` next to the videos, secrets redacted
-(`write_report`); a full disk (`DiskFull`, exit 4), raised once the reports
-are written, whether the videos or the reports filled it; and `ReportResult`,
-what the CLI says afterwards.
+(`write_report`), after the missing poster frames (`posters.make_posters`,
+never fatal: without ffmpeg the sheet shows each video's first frame);
+a full disk (`DiskFull`, exit 4), raised once the reports are written,
+whether the videos or the reports filled it; and `ReportResult`, what the
+CLI says afterwards.
 
 Must not: print (the CLI does), change a task (it only reads the ledger, and
 the downloader records files), choose the manifest's plan or ledger side (the
@@ -32,7 +34,7 @@ from mvbatch.downloads.naming import report_folder
 from mvbatch.ledger import Ledger, TaskRow
 from mvbatch.money import usd
 from mvbatch.plan.planner import Plan
-from mvbatch.report import formats
+from mvbatch.report import formats, posters
 from mvbatch.report.build import build_report
 from mvbatch.report.formats import csv_text, json_text, markdown_text, percent_text
 from mvbatch.report.html import contact_sheet
@@ -51,6 +53,7 @@ def write_reports(report: Report, folder: Path) -> dict[str, Path]:
     data: dict[str, str] = {}
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        posters.make_posters(report, folder)
         texts = {
             "json": json_text(report),
             "csv": csv_text(report),

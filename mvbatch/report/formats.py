@@ -8,7 +8,7 @@ writing a file atomically (`write_atomic`).
 Must not: decide what a report says (`model.py` adds it up), read the ledger,
 or let a prompt or a server message become markup or a spreadsheet formula:
 Jinja autoescape is on for every template, Markdown cells are escaped
-(`md_cell`) and CSV cells that would run as formulas are quoted (`_cell`).
+(`md_cell`) and CSV cells that would run as formulas are quoted (`csv_cell`).
 """
 
 from __future__ import annotations
@@ -127,16 +127,18 @@ def csv_text(report: Report) -> str:
             "cost_committed",
             "charge",
             "status_text",
+            "verdict",
+            "note",
         ]
     )
     for t in report.tasks:
         writer.writerow(
             [
-                _cell(t.shot),
-                _cell(t.variant_label),
+                csv_cell(t.shot),
+                csv_cell(t.variant_label),
                 t.take,
                 t.key,
-                _cell(t.task_id),
+                csv_cell(t.task_id),
                 t.model,
                 t.status,
                 plain(t.cost_estimate),
@@ -145,24 +147,29 @@ def csv_text(report: Report) -> str:
                 t.price_source,
                 "" if t.elapsed is None else t.elapsed,
                 "" if t.video_seconds is None else str(t.video_seconds),
-                _cell(t.error),
-                _cell(" ".join(o.path or "" for o in t.outputs).strip()),
+                csv_cell(t.error),
+                csv_cell(" ".join(o.path or "" for o in t.outputs).strip()),
                 " ".join(o.sha256 or "" for o in t.outputs).strip(),
                 " ".join(str(o.bytes or "") for o in t.outputs).strip(),
-                _cell(" ".join(o.url for o in t.outputs)),
+                csv_cell(" ".join(o.url for o in t.outputs)),
                 report.simulated,
                 plain(t.cost_estimate_server),
                 plain(t.cost_committed),
                 "" if t.charge is None else t.charge.kind,
                 t.status_text,
+                t.verdict or "",
+                csv_cell(t.note),
             ]
         )
     return buffer.getvalue()
 
 
-def _cell(value: str | None) -> str:
-    # A spreadsheet runs a cell that starts with = + - @ as a formula: a
-    # prompt or a server message must stay text.
+def csv_cell(value: str | None) -> str:
+    """A CSV cell that stays text: a spreadsheet runs one starting with = + - @ as a formula.
+
+    A prompt, a note or a server message must not; the csv module quotes commas,
+    quotes and line breaks.
+    """
     text = "" if value is None else value
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 

@@ -1,74 +1,144 @@
-"""report.html, the contact sheet: every video of a manifest side by side with its cost.
+"""report.html, the contact sheet, and the same page served by `mvbatch review`.
 
-Owns: laying a `Report` out for people. Rows are shots (in manifest order),
-columns are the matrix variants; each cell holds one card per take: a
-playable `<video>` of the local file with its cost, status and duration, or
-the reason it failed. A header carries the totals and a small cost-by-model
-chart.
+Owns: laying a `Report` out for people, as one grid.
 
-Must not: reach the network when the page is opened (styles and the one
-script are inline, videos are relative paths to local files, and a Content
-Security Policy forbids anything else), or let anything a prompt, a shot id
-or a server message contains become markup: Jinja2 autoescape is on, and
-video sources are percent-encoded paths we built ourselves.
+- Rows are shots, in manifest order. Columns are matrix variants: each
+  distinct combination of axis values, ordered by axis, then by value in the
+  order the manifest first gives it (so `mode = ["std", "pro"]` by
+  `duration = [5, 10]` reads std·5, std·10, pro·5, pro·10).
+- Shots with different matrices still share the grid. Columns are grouped by
+  axis set (the names of the axes a variant sets): a header band names each
+  group (its axes joined by a multiplication sign, or "no matrix") over its
+  columns. A shot fills only the columns of its own variants; every other
+  cell is an empty cell, marked as such, never a card moved over to fill the
+  gap. Shots with the same axes but fewer values leave those cells empty. We
+  chose one table over one table per axis set because rows stay in manifest
+  order and a column always means one variant; the price is width when
+  matrices are disjoint, which the sticky shot column and horizontal scroll
+  carry. Several takes of one variant stack inside their cell.
+- Each take is a card (`.take`, `data-key`, `data-verdict`, and the model,
+  status group and cost the filters read): a `<video preload="none">` over
+  its poster (`posters.py`; an `<img loading="lazy">`), or the reason there
+  is no video. The video has no `src` in the HTML (`data-src`): the script
+  gives it one, and its controls, when the card nears the visible part of
+  the grid, and takes it back when the card leaves paused, so 500 takes
+  open fast and only the takes near the screen hold a media player. Without
+  a poster, it asks for `preload="metadata"` there, so the browser paints
+  the first frame.
+- One inline script filters and sorts (model, status, verdict, cost; all in
+  the page, so it works from file://), moves through the takes with the
+  keyboard (j/k, arrows), and plays a shot's row in sync (space, or the row's
+  button): every video of the row seeks to one timecode, and they start
+  together once all can play.
+- `ReviewMode`: the page as `mvbatch review` serves it. Media come from
+  `files/<relative path>`, each card has approve/reject buttons and a note,
+  the server's token is in `<meta name="mvbatch-token">`, and a second script
+  posts verdicts and polls `/api/cards` every 2 s, replacing only the cards
+  whose HTML changed (`card_fragments`, rendered by the same macro as the
+  page) and fetching the grid again when `layout_signature` changes. The
+  static report.html shows verdicts and notes read-only and has no controls.
+- The scripts are templates/sheet.js and templates/review.js, inlined; the
+  Content Security Policy allows each by its sha256 and nothing else.
+
+Must not: let the static page reach the network (styles and scripts are
+inline, media are relative paths to local files, and a Content Security
+Policy forbids anything else; the review page may connect to its own origin
+only), or let anything a prompt, a shot id, a note or a server message
+contains become markup: Jinja2 autoescape is on, media URLs are
+percent-encoded paths we built ourselves, and the scripts never build HTML
+from data (the one `innerHTML` takes the review server's own card fragments).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from markupsafe import Markup
+
 from mvbatch.downloads.naming import value_text
 from mvbatch.money import usd
 from mvbatch.report.formats import templates
 from mvbatch.report.model import Report, TaskEntry
+from mvbatch.report.posters import poster_relpath
 
-# Below this share of filled cells, one shared column header would leave the
-# page mostly empty (shots with unrelated matrices): each shot gets its own
-# strip of labelled cards instead.
-GRID_DENSITY = 0.6
+ASSETS = Path(__file__).parent / "templates"
+ASPECTS = {"16:9": "16 / 9", "9:16": "9 / 16", "1:1": "1 / 1"}
 
-# The page's only script: hovering a clip previews it muted, leaving stops
-# the preview (not a clip the user started), and the header button plays or
-# pauses every clip. Its hash goes into the page's Content Security Policy.
-SCRIPT = """
-document.querySelectorAll('video').forEach(function (v) {
-  v.addEventListener('mouseenter', function () {
-    if (v.paused) { v.dataset.preview = '1'; v.muted = true; v.play().catch(function () {}); }
-  });
-  v.addEventListener('mouseleave', function () {
-    if (v.dataset.preview === '1') { v.pause(); delete v.dataset.preview; }
-  });
-  v.addEventListener('click', function () { delete v.dataset.preview; });
-});
-var all = document.getElementById('play-all');
-if (all) {
-  all.addEventListener('click', function () {
-    var playing = all.dataset.playing === '1';
-    document.querySelectorAll('video').forEach(function (v) {
-      delete v.dataset.preview;
-      if (playing) { v.pause(); } else { v.muted = true; v.play().catch(function () {}); }
-    });
-    all.dataset.playing = playing ? '0' : '1';
-    all.textContent = playing ? 'Play all' : 'Pause all';
-  });
-}
-""".strip()
+VariantKey = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ReviewMode:
+    """The page as `mvbatch review` serves it, with the token its API wants."""
+
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    key: VariantKey  # (axis, value text) in its group's axis order
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        return list(self.key) or [("", "default")]
+
+
+@dataclass(frozen=True, slots=True)
+class AxisGroup:
+    axes: tuple[str, ...]
+    columns: tuple[Column, ...]
+
+    @property
+    def label(self) -> str:
+        return " × ".join(self.axes) or "no matrix"
+
+
+@dataclass(frozen=True, slots=True)
+class ShotRow:
+    shot: str
+    order: int  # position in the manifest
+    prompt: str | None
+    models: tuple[str, ...]
+    cells: tuple[tuple[TaskEntry, ...], ...]  # one per column of the grid, takes in order
+    cost_actual: Decimal
+    cost_estimate: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    groups: tuple[AxisGroup, ...]
+    rows: tuple[ShotRow, ...]
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        return tuple(column for group in self.groups for column in group.columns)
+
+    @property
+    def group_starts(self) -> frozenset[int]:
+        """The index of each group's first column (drawn with a rule before it)."""
+        starts, n = set(), 0
+        for group in self.groups:
+            starts.add(n)
+            n += len(group.columns)
+        return frozenset(starts)
 
 
 @dataclass(frozen=True, slots=True)
 class Card:
     task: TaskEntry
     state: str  # video, missing, failed, cancelled, pending
-    src: str | None  # percent-encoded relative path of the local file
-    note: str | None  # the reason it failed, or why there is no video
+    src: str | None  # URL of the local file: percent-encoded, relative
+    poster: str | None  # URL of its poster frame, when one was made
+    reason: str | None  # the reason it failed, or why there is no video
 
     @property
     def cost(self) -> str:
@@ -76,25 +146,20 @@ class Card:
             return usd(self.task.cost_actual)
         return f"est. {usd(self.task.cost_estimate)}"
 
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    variant: tuple[tuple[str, Any], ...]
-
     @property
-    def pairs(self) -> list[tuple[str, str]]:
-        return [(k, value_text(v)) for k, v in self.variant] or [("", "default")]
+    def cost_value(self) -> str:
+        """The figure the cost filter and sort read: charged, else the estimate."""
+        value = self.task.cost_actual
+        return str(self.task.cost_estimate if value is None else value)
 
 
 @dataclass(frozen=True, slots=True)
-class ShotRow:
-    shot: str
-    prompt: str | None
-    models: tuple[str, ...]
-    cells: tuple[tuple[Card, ...], ...]  # one per column (grid) or one per variant (strips)
-    columns: tuple[Column, ...]
-    cost_actual: Decimal
-    cost_estimate: Decimal
+class View:
+    """What a card's look depends on besides its task."""
+
+    review: bool
+    many_models: bool
+    aspect_css: Mapping[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,73 +171,122 @@ class ChartBar:
     estimate_width: float
 
 
-def contact_sheet(report: Report, folder: Path) -> str:
-    columns = _columns(report.tasks)
+def _asset(name: str) -> str:
+    return (ASSETS / name).read_text(encoding="utf-8").strip()
+
+
+def _sha(text: str) -> str:
+    return base64.b64encode(hashlib.sha256(text.encode()).digest()).decode()
+
+
+# -------------------------------------------------------------------- the grid
+
+
+def grid(report: Report) -> Grid:
+    """The grid of `report`, shots by variants (pure: no files, no URLs)."""
     by_shot: dict[str, list[TaskEntry]] = defaultdict(list)
     for task in report.tasks:
         # A task asked for by several shots appears in each of their rows.
         for shot in dict.fromkeys(task.shots or (task.shot,)):
             by_shot[shot].append(task)
-    rows = [
-        _shot_row(shot, by_shot.get(shot, []), columns, report.prompts.get(shot))
-        for shot in report.shot_order
-    ]
-    rows = [row for row in rows if any(row.cells)]
-    filled = sum(1 for row in rows for cell in row.cells if cell)
-    grid = bool(rows) and filled / (len(rows) * max(1, len(columns))) >= GRID_DENSITY
-    if not grid:
-        rows = [_strip(row) for row in rows]
-    script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode()).digest()).decode()
-    return (
-        templates()
-        .get_template("contact_sheet.html.j2")
-        .render(
-            r=report,
-            rows=rows,
-            columns=columns,
-            grid=grid,
-            chart=_chart(report),
-            script=SCRIPT,
-            script_hash=script_hash,
-            variance=report.variance,
-            counts=report.counts,
-            downloads=report.download_totals,
-            many_models=len({t.model for t in report.tasks}) > 1,
-            aspect_css={"16:9": "16 / 9", "9:16": "9 / 16", "1:1": "1 / 1"},
+    groups = _groups(report.tasks)
+    columns = [column for group in groups for column in group.columns]
+    where = {tuple(sorted(column.key)): n for n, column in enumerate(columns)}
+    rows = []
+    for order, shot in enumerate(report.shot_order):
+        tasks = by_shot.get(shot)
+        if not tasks:
+            continue
+        cells: list[list[TaskEntry]] = [[] for _ in columns]
+        for task in tasks:
+            cells[where[_column_key(task.variant)]].append(task)
+        own = [t for t in tasks if t.shot == shot]
+        rows.append(
+            ShotRow(
+                shot,
+                order,
+                report.prompts.get(shot),
+                tuple(dict.fromkeys(t.model for t in tasks)),
+                tuple(tuple(sorted(cell, key=lambda t: t.take)) for cell in cells),
+                sum((t.cost_actual or Decimal(0) for t in own), Decimal(0)),
+                sum((t.cost_estimate for t in own), Decimal(0)),
+            )
         )
-    )
+    return Grid(tuple(groups), tuple(rows))
 
 
-def _columns(tasks: Sequence[TaskEntry]) -> list[Column]:
-    seen: dict[tuple[tuple[str, str], ...], Column] = {}
+def _column_key(variant: Sequence[tuple[str, Any]]) -> VariantKey:
+    # Axis order within a group is by name, so two shots that list the same
+    # axes in another order share columns.
+    return tuple(sorted((k, value_text(v)) for k, v in variant))
+
+
+def _groups(tasks: Sequence[TaskEntry]) -> list[AxisGroup]:
+    """Columns grouped by axis set, groups and axes in order of first appearance."""
+    value_rank: dict[str, dict[str, int]] = defaultdict(dict)
+    axes_of: dict[frozenset[str], tuple[str, ...]] = {}
+    members: dict[frozenset[str], dict[VariantKey, None]] = defaultdict(dict)
     for task in tasks:
-        seen.setdefault(_variant_key(task.variant), Column(task.variant))
-    return list(seen.values())
+        pairs = [(k, value_text(v)) for k, v in task.variant]
+        for axis, value in pairs:
+            value_rank[axis].setdefault(value, len(value_rank[axis]))
+        names = frozenset(axis for axis, _ in pairs)
+        axes_of.setdefault(names, tuple(axis for axis, _ in pairs))
+        members[names][_column_key(task.variant)] = None
+    groups = []
+    for names, axes in axes_of.items():
+
+        def order(key: VariantKey, axes: tuple[str, ...] = axes) -> tuple[int, ...]:
+            values = dict(key)
+            return tuple(value_rank[axis][values[axis]] for axis in axes)
+
+        keys = sorted(members[names], key=order)
+        groups.append(
+            AxisGroup(
+                axes,
+                tuple(Column(tuple((axis, dict(key)[axis]) for axis in axes)) for key in keys),
+            )
+        )
+    return groups
 
 
-def _card(task: TaskEntry) -> Card:
+def layout_signature(report: Report) -> str:
+    """Changes when the grid's rows, columns or the takes in a cell change (a re-roll adds one)."""
+    g = grid(report)
+    shape = {
+        "columns": [[group.axes, [c.key for c in group.columns]] for group in g.groups],
+        "rows": [[row.shot, [[t.key for t in cell] for cell in row.cells]] for row in g.rows],
+    }
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()[:16]
+
+
+# -------------------------------------------------------------------- cards
+
+
+def _card(task: TaskEntry, folder: Path, media: str) -> Card:
     if task.status == "succeeded":
         local = next((o for o in task.outputs if o.path), None)
         if local is not None and local.path is not None:
-            return Card(task, "video", _href(local.path), None)
+            poster = None
+            if local.sha256 and (folder / poster_relpath(local.sha256)).is_file():
+                poster = media + _href(str(poster_relpath(local.sha256)))
+            return Card(task, "video", media + _href(local.path), poster, None)
         reason = next((o.download_error for o in task.outputs if o.download_error), None)
         if not task.outputs:
             reason = "the server returned no video URL"
         return Card(
-            task, "missing", None, reason or "not downloaded yet: run `mvbatch report` to fetch it"
+            task,
+            "missing",
+            None,
+            None,
+            reason or "not downloaded yet: run `mvbatch report` to fetch it",
         )
     if task.group == "failed":
-        return Card(task, "failed", None, task.error or f"{task.status} (no message)")
+        return Card(task, "failed", None, None, task.error or f"{task.status} (no message)")
     if task.status == "cancelled":
-        return Card(task, "cancelled", None, task.error or "cancelled")
-    return Card(
-        task,
-        "pending",
-        None,
-        {"planned": "not submitted yet", "submitting": "being submitted"}.get(
-            task.status, task.status
-        ),
-    )
+        return Card(task, "cancelled", None, None, task.error or "cancelled")
+    waiting = {"planned": "not submitted yet", "submitting": "being submitted"}
+    return Card(task, "pending", None, None, waiting.get(task.status, task.status))
 
 
 def _href(path: str) -> str:
@@ -181,43 +295,67 @@ def _href(path: str) -> str:
     return "/".join(quote(part, safe="") for part in PurePosixPath(path).parts)
 
 
-def _shot_row(
-    shot: str, tasks: list[TaskEntry], columns: list[Column], prompt: str | None
-) -> ShotRow:
-    by_variant: dict[tuple[tuple[str, str], ...], list[Card]] = defaultdict(list)
-    for task in tasks:
-        by_variant[_variant_key(task.variant)].append(_card(task))
-    cells = tuple(
-        tuple(sorted(by_variant.get(_variant_key(c.variant), []), key=lambda c: c.task.take))
-        for c in columns
-    )
-    own = [t for t in tasks if t.shot == shot]
-    return ShotRow(
-        shot,
-        prompt,
-        tuple(dict.fromkeys(t.model for t in tasks)),
-        cells,
-        tuple(columns),
-        sum((t.cost_actual or Decimal(0) for t in own), Decimal(0)),
-        sum((t.cost_estimate for t in own), Decimal(0)),
-    )
+def _view(report: Report, review: ReviewMode | None) -> View:
+    return View(review is not None, len({t.model for t in report.tasks}) > 1, ASPECTS)
 
 
-def _variant_key(variant: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, str], ...]:
-    return tuple((k, value_text(v)) for k, v in variant)
+def _fragments(report: Report, g: Grid, folder: Path, view: View) -> dict[str, Markup]:
+    """Each take's card, by task key; `data-rev` is a hash of the rest of its HTML."""
+    macro = templates().get_template("take.html.j2").module.card_view  # type: ignore[attr-defined]
+    media = "files/" if view.review else ""
+    fragments: dict[str, Markup] = {}
+    for row in g.rows:
+        for cell in row.cells:
+            for task in cell:
+                if task.key in fragments:
+                    continue
+                html = str(macro(_card(task, folder, media), view)).strip()
+                rev = hashlib.sha256(html.encode()).hexdigest()[:12]
+                # Our own template's output, autoescaped; the rev is hex.
+                revised = html.replace('data-rev=""', f'data-rev="{rev}"', 1)
+                fragments[task.key] = Markup(revised)  # noqa: S704 - rendered by Jinja above
+    return fragments
 
 
-def _strip(row: ShotRow) -> ShotRow:
-    """Only this shot's variants, each card labelled with its own variant."""
-    kept = [(cell, column) for cell, column in zip(row.cells, row.columns, strict=True) if cell]
-    return ShotRow(
-        row.shot,
-        row.prompt,
-        row.models,
-        tuple(c for c, _ in kept),
-        tuple(col for _, col in kept),
-        row.cost_actual,
-        row.cost_estimate,
+def card_fragments(report: Report, folder: Path, review: ReviewMode) -> dict[str, str]:
+    """Each take's card HTML by task key, exactly as `contact_sheet` renders it in review mode."""
+    view = _view(report, review)
+    return {key: str(html) for key, html in _fragments(report, grid(report), folder, view).items()}
+
+
+# -------------------------------------------------------------------- the page
+
+
+def contact_sheet(report: Report, folder: Path, review: ReviewMode | None = None) -> str:
+    g = grid(report)
+    view = _view(report, review)
+    scripts = [_asset("sheet.js")]
+    if review is not None:
+        scripts.append(_asset("review.js"))
+    models = sorted({t.model for row in g.rows for cell in row.cells for t in cell})
+    groups_present = {t.group for row in g.rows for cell in row.cells for t in cell}
+    return (
+        templates()
+        .get_template("contact_sheet.html.j2")
+        .render(
+            r=report,
+            grid=g,
+            cards=_fragments(report, g, folder, view),
+            view=view,
+            review=review,
+            layout=layout_signature(report),
+            models=models,
+            statuses=[
+                s for s in ("succeeded", "failed", "cancelled", "pending") if s in groups_present
+            ],
+            chart=_chart(report),
+            scripts=scripts,
+            script_hashes=[_sha(s) for s in scripts],
+            variance=report.variance,
+            counts=report.counts,
+            downloads=report.download_totals,
+            takes=sum(len(cell) for row in g.rows for cell in row.cells),
+        )
     )
 
 

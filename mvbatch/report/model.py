@@ -4,7 +4,8 @@ Owns: `TaskEntry` (one task as the report shows it, planned or in the
 ledger), `Report` and what it adds up (cost by model, tier and shot as
 `Bucket`s; estimate against actual as `Variance`; failures grouped by the
 server's message; time per task; downloads), and `Report.document()`, the
-report.json document of SPEC §6 (fields may be added, never renamed).
+report.json document of SPEC §6 (fields may be added, never renamed), with
+each task's `verdict` and `note` from `mvbatch review` (SPEC §9).
 
 Money adds up: every total is the exact (Decimal) sum of the same figure over
 the task rows, so a user who sums a column of report.json, report.csv or
@@ -373,6 +374,16 @@ class Report:
         }
 
     @property
+    def verdicts(self) -> dict[str, int]:
+        """How many tasks were approved, rejected or not reviewed (`mvbatch review`)."""
+        found = Counter(t.verdict for t in self.tasks)
+        return {
+            "approved": found.get("approved", 0),
+            "rejected": found.get("rejected", 0),
+            "not_reviewed": len(self.tasks) - found.get("approved", 0) - found.get("rejected", 0),
+        }
+
+    @property
     def complete(self) -> bool:
         """Every task succeeded and every output is on disk."""
         return all(t.status == "succeeded" and t.downloaded for t in self.tasks)
@@ -447,6 +458,7 @@ class Report:
                 ],
                 "seconds": self.elapsed,
                 "downloads": self.download_totals,
+                "verdicts": self.verdicts,
             },
             "tasks": [_task_document(t) for t in self.tasks],
         }
@@ -473,6 +485,9 @@ DEFINITIONS = {
     "over_cap": "cost_committed is past max_usd: the server billed more than it estimated",
     "overrun": "cost_committed minus max_usd when over_cap, else null",
     "overbilled": "tasks whose cost_actual is above their cost_estimate",
+    "verdict": "a person's latest word on the task's take in `mvbatch review`: approved, "
+    "rejected, or null (not reviewed, or the verdict was cleared); totals.verdicts counts them",
+    "note": "the note given with that verdict, exactly as typed; null without one",
 }
 
 

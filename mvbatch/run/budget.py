@@ -241,6 +241,11 @@ class Budget:
             cap=str(self.cap),
         )
 
+    def forget(self, job: TaskJob) -> None:
+        """The job is no longer held: another worker ran it (the ledger says so)."""
+        self.held = [j for j in self.held if j is not job]
+        self.held_for_good = [j for j in self.held_for_good if j is not job]
+
     def release_fitting(self) -> list[TaskJob]:
         """Held jobs that fit now (a task ended costing less than it stood for)."""
         fitting = [j for j in self.held if self.fits(j)]

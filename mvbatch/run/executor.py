@@ -61,6 +61,7 @@ then `--retry-failed` resubmissions. Polling times come from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from decimal import Decimal
 
@@ -73,6 +74,7 @@ from mvbatch.run.budget import Budget
 from mvbatch.run.concurrency import DEFAULT_CONCURRENCY, MAX_CONCURRENCY, AdaptiveLimit
 from mvbatch.run.context import RunContext
 from mvbatch.run.finish import Finisher
+from mvbatch.run.fleet import DEFAULT_LEASE, Fleet
 from mvbatch.run.follow import DEFAULT_MAX_WAIT, Follower
 from mvbatch.run.hooks import OnSucceeded, SuccessHooks
 from mvbatch.run.jobs import JobBoard, TaskJob, interleave, job_for, orphan_job
@@ -103,6 +105,7 @@ class Executor:
         on_succeeded: OnSucceeded | None = None,
         latencies: LatencyBook | None = None,
         max_wait: float | None = DEFAULT_MAX_WAIT,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         self.plan, self.ledger, self.client, self.env = plan, ledger, client, env
         self.run_id, self.retry_failed = run_id, retry_failed
@@ -113,6 +116,7 @@ class Executor:
         self.budget = Budget(cap, self.board, ledger, env, plan.name)
         self.probes = PriceProbes(self.budget, self.board)
         self.hooks = SuccessHooks(on_succeeded, ledger, env)
+        self.fleet = Fleet(ledger, env, lease=lease)
         context = RunContext(client, ledger, env, run_id, self.board)
         self.finisher = Finisher(
             context,
@@ -128,6 +132,7 @@ class Executor:
             limit=self.limit,
             finisher=self.finisher,
             stopping=self._is_stopping,
+            fleet=self.fleet,
         )
         self.follower = Follower(
             context,
@@ -141,12 +146,16 @@ class Executor:
         self._fatal: BaseException | None = None
         self._started = time.monotonic()
         self._unfollowed: list[str] = []
+        self._held_elsewhere: set[str] = set()  # in flight under another worker's live claim
 
     # -- setup
 
     def _load_jobs(self) -> list[TaskJob]:
         """Jobs from the plan and the ledger, queued in sending order; returns those to follow."""
         rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
+        if self.fleet.release_the_dead(rows.values()):
+            rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
+        rows = self._claim_in_flight(rows)
         planned_keys = {t.key for t in self.plan.tasks}
         orphans = self._follow_or_report_dropped(
             [r for k, r in rows.items() if k not in planned_keys]
@@ -158,7 +167,10 @@ class Executor:
         wall, mono = time.time(), time.monotonic()
         for task in self.plan.tasks:
             job = job_for(task, rows.get(task.key), wall, mono)
+            job.elsewhere = task.key in self._held_elsewhere
             self.board.add(job)
+            if job.elsewhere:
+                continue  # another worker's, alive: watched until it ends (`_adopt_abandoned`)
             if job.status == "planned":
                 new.append(job)
             elif job.status == "submitting":
@@ -178,6 +190,8 @@ class Executor:
             if job.actual is not None:  # a failed task the server billed was spent too
                 self.board.spent += job.actual
         for row in orphans:
+            if row.key in self._held_elsewhere:
+                continue  # its holder follows it
             job = orphan_job(row, wall, mono)
             log.info("task.orphan_followed", key=row.key, shot=row.shot, task_id=row.task_id)
             self.board.add(job, planned=False)
@@ -188,6 +202,19 @@ class Executor:
         self.board.queue.extend(interleave(new))
         self.board.queue.extend(interleave(retries))
         return following
+
+    def _claim_in_flight(self, rows: dict[str, TaskRow]) -> dict[str, TaskRow]:
+        """Claim every task in flight that no live worker holds; note those others hold."""
+        claimed = dict(rows)
+        for key, row in rows.items():
+            if row.status not in IN_FLIGHT:
+                continue
+            mine = self.fleet.claim(key)
+            if mine is None:
+                self._held_elsewhere.add(key)
+            else:
+                claimed[key] = mine
+        return claimed
 
     def _follow_or_report_dropped(self, dropped: list[TaskRow]) -> list[TaskRow]:
         """Rows of this manifest that the plan no longer has; returns those to follow.
@@ -327,9 +354,12 @@ class Executor:
         for job in following:
             self.limit.acquire()  # already running on the server: they hold slots
             self._spawn_driver(job, None)
+        self.fleet.start()
         try:
             await self._submit_queued()
             await self._await_in_flight()
+            await self._adopt_abandoned()
+            self._settle_with_the_ledger()
             await self.hooks.wait(self._is_stopping)
         except asyncio.CancelledError:
             self._stopping = True
@@ -337,6 +367,7 @@ class Executor:
         finally:
             for task in list(self._drivers):
                 task.cancel()
+            await self.fleet.stop()
         if self._fatal is not None:
             raise self._fatal
         return self._result()
@@ -365,6 +396,13 @@ class Executor:
     async def _submit_queued(self) -> None:
         """Submit queued jobs in order, within the slots, the budget and the probe rule."""
         while not self._stopping:
+            if self.submitter.fleet_busy:
+                # Every worker together has --concurrency tasks in flight: look
+                # again when one of ours ends, or a moment later for theirs.
+                self.submitter.fleet_busy = False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.board.changed(), self.fleet.wait / 5)
+                continue
             if self.limit.full or self._api_unproven():
                 await self.board.changed()
                 continue
@@ -417,6 +455,100 @@ class Executor:
                 await asyncio.gather(*self._drivers, return_exceptions=True)
                 return
             await asyncio.wait(list(self._drivers), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _adopt_abandoned(self) -> None:
+        """Wait for the tasks other workers hold; take over those whose holder is gone.
+
+        A holder that stops lets go at once; one that died loses its claims
+        when its lease runs out. Ends when no task of the plan is held by
+        anyone else: the work left is then none, or none this worker may take.
+        """
+        while not self._stopping:
+            watched = {j.key: j for j in self.board.jobs if j.elsewhere}
+            if not watched:
+                return
+            self.fleet.saw_others = True
+            rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
+            self.fleet.release_the_dead(rows[k] for k in watched if k in rows)
+            for key, job in watched.items():
+                row = rows.get(key)
+                if row is None:  # the ledger does not know it: nothing to wait for
+                    job.elsewhere = False
+                    continue
+                if row.status in IN_FLIGHT:
+                    mine = self.fleet.claim(key)
+                    if mine is not None:
+                        self._adopt(job, mine)
+                    continue
+                job.elsewhere = False
+                self._sync(job, row)
+                if row.status == "planned":  # sent back (a wrong URL elsewhere): ours to send
+                    self.board.queue.append(job)
+            if self.board.queue:
+                await self._submit_queued()
+            if self._drivers:
+                await self._await_in_flight()
+            elif any(j.elsewhere for j in self.board.jobs):
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.board.changed(), self.fleet.wait)
+
+    def _settle_with_the_ledger(self) -> None:
+        """The board as the ledger has it now that this worker is done sending.
+
+        Other workers (or runs on this ledger) may have finished tasks this one
+        held back or never tried: the ledger is the truth, and the result says
+        what it says. What other workers committed was learned during the run
+        (`Budget.elsewhere`); tasks synced here count on the board now, so
+        `elsewhere` becomes what the ledger holds beyond the board.
+        """
+        rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
+        drifted = [
+            (job, rows[job.key])
+            for job in self.board.jobs
+            if job.key in rows and rows[job.key].status != job.status
+        ]
+        for job, row in drifted:
+            self.budget.forget(job)
+            self._sync(job, row)
+        if self.fleet.saw_others:
+            total = sum((r.committed for r in rows.values()), Decimal(0))
+            board = self.board.committed + self.budget.others_committed
+            self.budget.elsewhere = max(Decimal(0), total - board)
+
+    def _adopt(self, job: TaskJob, row: TaskRow) -> None:
+        """Take over a task whose holder is gone: re-send its POST (same key) or poll it."""
+        job.elsewhere = False
+        self._sync(job, row)
+        job.resend = row.status == "submitting"
+        job.dispatched = True
+        job.since = job_for(job.task, row, time.time(), time.monotonic()).since
+        log.info("task.taken_over", key=job.key, shot=job.task.shot, status=row.status)
+        self.limit.acquire()
+        self._spawn_driver(job, "submitting" if row.status == "submitting" else None)
+
+    def _sync(self, job: TaskJob, row: TaskRow) -> None:
+        """The job as another worker left it in the ledger (its spend, counted in
+        `Budget.elsewhere` until now, moves onto the board)."""
+        self.fleet.saw_others = True
+        before = job.committed
+        if row.cost_actual is not None and job.actual is None:
+            self.board.spent += row.cost_actual
+        self.board.update(
+            job,
+            row.status,
+            attempt=row.attempt,
+            submit_key=row.submit_key,
+            task_id=row.task_id,
+            server_estimate=row.cost_estimate,
+            actual=row.cost_actual,
+            error=row.error,
+            polls=row.polls,
+            prior=row.cost_prior,
+        )
+        moved = job.committed - before
+        self.budget.elsewhere = max(Decimal(0), self.budget.elsewhere - moved)
+        if row.status in FAILED:
+            self.board.note_failure(job, row.error or row.status)
 
     async def _submit_then_follow(self, job: TaskJob, previous: str | None) -> None:
         """One job's whole life in this run: its POST (unless already sent), then its polls."""

@@ -50,6 +50,7 @@ class TaskJob:
     prior: Decimal = Decimal(0)  # committed by earlier, superseded attempts
     resend: bool = False  # found `submitting` in the ledger: a POST may have gone before
     probe_pending: bool = False  # a probe answered without a price: its class waits
+    elsewhere: bool = False  # another worker holds it: watched, taken over if that one dies
 
     @property
     def key(self) -> str:

@@ -40,6 +40,7 @@ from mvbatch.run.budget import Budget
 from mvbatch.run.concurrency import AdaptiveLimit
 from mvbatch.run.context import RunContext
 from mvbatch.run.finish import Finisher
+from mvbatch.run.fleet import Fleet
 from mvbatch.run.jobs import TaskJob
 from mvbatch.run.probes import PriceProbes
 
@@ -58,8 +59,13 @@ class Submitter:
         limit: AdaptiveLimit,
         finisher: Finisher,
         stopping: Callable[[], bool],
+        fleet: Fleet | None = None,
     ) -> None:
         self.context = context
+        self.fleet = fleet
+        # The ledger refused a new task because the fleet (every worker on the
+        # ledger) has `--concurrency` tasks in flight: the executor waits.
+        self.fleet_busy = False
         self.client, self.ledger, self.board = context.client, context.ledger, context.board
         self.budget, self.probes = budget, probes
         self.limit, self.finisher = limit, finisher
@@ -194,10 +200,22 @@ class Submitter:
             run_id=self.context.run_id,
             estimate=job.estimate,
             cap=self.budget.cap,
+            worker=None if self.fleet is None else self.fleet.worker,
+            lease=None if self.fleet is None else self.fleet.lease,
+            # A new task only: a re-send is in flight already, and a retry's
+            # new attempt is sent at once (its failed attempt freed a slot).
+            in_flight_limit=self.limit.maximum if previous == "planned" else None,
         )
         if reservation.stale:  # another run moved this task on: it is not ours to send
             self.board.update(job, previous)
+            job.elsewhere = True  # watched: taken over if its holder dies
             log.info("task.taken_elsewhere", key=job.key, shot=job.task.shot, status=previous)
+            return None
+        if reservation.busy:  # the fleet has --concurrency tasks in flight: later
+            self.board.update(job, previous)
+            self.board.queue.appendleft(job)
+            self.fleet_busy = True
+            log.debug("task.fleet_busy", key=job.key, limit=self.limit.maximum)
             return None
         self.budget.heard(job, reservation)
         if not reservation.granted:  # the cap is full, other processes' spend included

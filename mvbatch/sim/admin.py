@@ -59,6 +59,26 @@ async def health(request: Request) -> Response:
     )
 
 
+def max_in_flight(service: Service) -> int:
+    """The most tasks that were ever queued or processing at one instant (all clients').
+
+    A client that holds a concurrency limit never has more of its tasks alive
+    here than its limit: this is how a test proves a fleet of workers held one.
+    """
+    edges: list[tuple[float, int]] = []
+    for record in service.store.all_tasks():
+        timeline = service.timeline(record)
+        end = timeline.finished_at
+        if timeline.cancelled_before_finish() and timeline.cancelled_at is not None:
+            end = timeline.cancelled_at
+        edges += [(timeline.created_at, 1), (end, -1)]
+    most = alive = 0
+    for _, change in sorted(edges):  # at one instant, an end (-1) sorts before a start
+        alive += change
+        most = max(most, alive)
+    return most
+
+
 def stats_body(service: Service) -> dict[str, Any]:
     """Billing by Idempotency-Key, task statuses, request, response and fault counters."""
     statuses = service.settle_all()
@@ -113,7 +133,11 @@ def stats_body(service: Service) -> dict[str, Any]:
 
     faults = dict.fromkeys(RATE_NAMES, 0) | group("fault:")
     return {
-        "tasks": {"total": len(statuses), "by_status": by_status},
+        "tasks": {
+            "total": len(statuses),
+            "by_status": by_status,
+            "max_in_flight": max_in_flight(service),
+        },
         "billing": {
             "charges": charges,
             "refunds": refunds,

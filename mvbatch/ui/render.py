@@ -17,6 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from mvbatch.commands.selection import Selection
 from mvbatch.money import json_number, total, usd
 from mvbatch.plan.planner import Plan, PlannedTask
 
@@ -47,7 +48,11 @@ def cap_text(max_usd: Decimal | None, max_cost: Decimal | None = None) -> str:
     return f"cap {usd(max_usd)} ({manifest}; --max-cost {usd(max_cost)} {relation})"
 
 
-def plan_document(plan: Plan, states: Mapping[str, str]) -> dict[str, Any]:
+def plan_document(
+    plan: Plan, states: Mapping[str, str], rerolled_from: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """`plan --json`; `rerolled_from`: the rejected take each re-rolled one replaces, by key."""
+    replaces = rerolled_from or {}
     counts = Counter(states.get(t.key, "new") for t in plan.tasks)
     sources = Counter(t.estimate.source for t in plan.tasks)
     return {
@@ -66,6 +71,7 @@ def plan_document(plan: Plan, states: Mapping[str, str]) -> dict[str, Any]:
                 "price_source": t.estimate.source,
                 "price_class": t.estimate.price_class,
                 "upper_bound": t.estimate.upper_bound,
+                "rerolled_from": replaces.get(t.key),
             }
             for t in plan.tasks
         ],
@@ -79,6 +85,66 @@ def plan_document(plan: Plan, states: Mapping[str, str]) -> dict[str, Any]:
         },
         "warnings": [str(w) for w in plan.warnings],
     }
+
+
+def _count(number: int, word: str) -> str:
+    return f"{number} {word}" + ("" if number == 1 else "s")
+
+
+def selection_view(selection: Selection) -> RenderableType:
+    """Which part of the plan a run runs (`--draft`, `--approved-only`, `--reroll-rejected`)."""
+    kind, tasks = selection.kind, selection.plan.tasks
+    nothing = "so nothing new is sent" if selection.unfinished else "so nothing runs"
+    text = Text()
+    if kind == "draft":
+        text.append(
+            f"draft: the cheapest variant of each of {_count(len(selection.shots), 'shot')}, "
+            "one take",
+            "bold",
+        )
+        rest = len(selection.full.tasks) - len(tasks)
+        if rest > 0:
+            text.append(
+                f"; the other {_count(rest, 'task')} of the plan wait for your review "
+                "(mvbatch review, then run --approved-only)"
+            )
+    elif kind == "approved":
+        if not selection.shots:
+            text.append(f"approved only: no shot has an approved take yet, {nothing}", "bold")
+            text.append(" (approve takes in mvbatch review)")
+        else:
+            text.append(
+                f"approved only: the rest of the matrix of {_count(len(selection.shots), 'shot')} "
+                f"with an approved take ({', '.join(selection.shots)})",
+                "bold",
+            )
+            if selection.left_out:
+                text.append(f"; {_count(selection.left_out, 'shot')} without one left out")
+    elif kind == "reroll":
+        if not selection.rerolls:
+            text.append(f"re-rolls: no rejected take waits for a re-roll, {nothing}", "bold")
+        else:
+            text.append(
+                "re-rolls: one new take for each of "
+                f"{_count(len(selection.rerolls), 'rejected take')}",
+                "bold",
+            )
+    for reroll in selection.rerolls if kind == "reroll" else ():
+        task = reroll.task
+        text.append(
+            f"\n  {task.shot} · {task.variant_label}: take {reroll.replaces.take} (rejected) "
+            f"-> new take {task.take}"
+        )
+        if reroll.seed is not None:
+            text.append(f", seed {reroll.seed[0]} -> {reroll.seed[1]}")
+        if reroll.recorded:
+            text.append(" (planned by an earlier run, not finished)")
+    if selection.unfinished:
+        text.append(
+            f"\n+ {_count(len(selection.unfinished), 'task')} an earlier run sent and did not "
+            "finish: followed to the end, no new charge"
+        )
+    return text
 
 
 def plan_view(

@@ -1,0 +1,143 @@
+"""Poster frames: one small JPEG per downloaded video, so the contact sheet shows pictures first.
+
+Owns: `posters/<sha256>.jpg` in the report folder, one per video, named by
+the video's content hash (so a poster is made once per distinct video, kept
+across reports, and never goes stale: a changed video has another hash);
+making the missing ones with ffmpeg (`make_posters`), each under a timeout,
+a few at a time; and `poster_relpath`, the one place the name is decided
+(`html.py` asks it whether a video has a poster).
+
+Never fatal: ffmpeg absent, a video ffmpeg cannot read, a timeout or a full
+disk leaves that video without a poster and logs `poster.failed` (or
+`poster.no_ffmpeg` once); the report is written all the same. Without a
+poster the page falls back to the browser's own first frame: the video's
+`preload` becomes "metadata" when its card nears the viewport, so Chromium
+and Firefox fetch the header and paint frame one (slower on a large sheet,
+still lazy).
+
+Must not: change or move a video, write outside `posters/`, or leave a
+half-written JPEG (each is written beside its final name and renamed).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path, PurePosixPath
+
+from mvbatch import logs
+from mvbatch.downloads.naming import contained
+from mvbatch.report.model import Report
+
+FOLDER = "posters"
+WIDTH = 480  # pixels: a card is at most 320 CSS pixels wide, sharp on a 1.5x screen
+TIMEOUT = 20.0  # seconds for one video
+DEADLINE = 180.0  # seconds for all of them: the rest are made by the next report
+WORKERS = 4
+
+log = logs.get("mvbatch.report.posters")
+
+
+@dataclass(frozen=True, slots=True)
+class PosterStats:
+    made: int = 0
+    cached: int = 0
+    failed: int = 0
+    skipped: int = 0  # no ffmpeg, or past the deadline
+
+
+def poster_relpath(sha256: str) -> PurePosixPath:
+    """Where the poster of the video with this content hash lives, inside the report folder."""
+    return PurePosixPath(FOLDER, f"{sha256}.jpg")
+
+
+def make_posters(
+    report: Report,
+    folder: Path,
+    *,
+    ffmpeg: str | None = None,
+    timeout: float = TIMEOUT,
+    deadline: float = DEADLINE,
+) -> PosterStats:
+    """Make the poster of every downloaded video of `report` that has none yet."""
+    wanted: dict[str, tuple[Path, Decimal | None]] = {}
+    cached = 0
+    for task in report.tasks:
+        for output in task.outputs:
+            if not output.path or not output.sha256 or output.sha256 in wanted:
+                continue
+            if (folder / poster_relpath(output.sha256)).is_file():
+                cached += 1
+                continue
+            video = contained(folder, output.path)
+            if video is not None:
+                wanted[output.sha256] = (video, output.video_seconds)
+    if not wanted:
+        return PosterStats(cached=cached)
+    binary = ffmpeg or shutil.which("ffmpeg")
+    if binary is None:
+        log.info("poster.no_ffmpeg", videos=len(wanted), fallback="first frame in the browser")
+        return PosterStats(cached=cached, skipped=len(wanted))
+    try:
+        (folder / FOLDER).mkdir(exist_ok=True)
+    except OSError as error:
+        log.warning("poster.failed", reason=str(error))
+        return PosterStats(cached=cached, failed=len(wanted))
+    stop = time.monotonic() + deadline
+
+    def one(item: tuple[str, tuple[Path, Decimal | None]]) -> str:
+        sha, (video, seconds) = item
+        if time.monotonic() > stop:
+            return "skipped"
+        return _make_one(binary, video, folder / poster_relpath(sha), seconds, timeout)
+
+    with ThreadPoolExecutor(max_workers=min(WORKERS, os.cpu_count() or 1)) as pool:
+        outcomes = list(pool.map(one, wanted.items()))
+    stats = PosterStats(
+        made=outcomes.count("made"),
+        cached=cached,
+        failed=outcomes.count("failed"),
+        skipped=outcomes.count("skipped"),
+    )
+    log.info("poster.made", made=stats.made, cached=cached, failed=stats.failed)
+    return stats
+
+
+def _make_one(
+    ffmpeg: str, video: Path, target: Path, seconds: Decimal | None, timeout: float
+) -> str:
+    # A frame a little way in: the first is often black or a fade-in.
+    at = 0.0 if seconds is None else min(1.0, float(seconds) / 4)
+    part = target.with_name(f".{target.name}.part")
+    command = [
+        ffmpeg,
+        *("-hide_banner", "-loglevel", "error", "-nostdin", "-y"),
+        *("-ss", f"{at:.3f}", "-i", str(video)),
+        *("-frames:v", "1", "-vf", f"scale='min({WIDTH},iw)':-2", "-q:v", "5"),
+        *("-f", "image2", "-c:v", "mjpeg", str(part)),
+    ]
+    try:
+        # A fixed argument list: the video path is our own, inside the report folder.
+        done = subprocess.run(  # noqa: S603
+            command, capture_output=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0 or not part.is_file() or part.stat().st_size == 0:
+            reason = done.stderr.decode(errors="replace").strip()[-300:] or "no frame written"
+            log.warning("poster.failed", video=str(video), reason=reason)
+            part.unlink(missing_ok=True)
+            return "failed"
+        part.replace(target)
+    except subprocess.TimeoutExpired:
+        log.warning("poster.failed", video=str(video), reason=f"ffmpeg took over {timeout:g} s")
+        part.unlink(missing_ok=True)
+        return "failed"
+    except OSError as error:
+        log.warning("poster.failed", video=str(video), reason=str(error))
+        part.unlink(missing_ok=True)
+        return "failed"
+    return "made"

@@ -1,0 +1,106 @@
+"""Poster frames (mvbatch/report/posters.py): made by ffmpeg, cached by hash, never fatal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from report_helpers import sha256, video_bytes
+
+from mvbatch.report.html import contact_sheet
+from mvbatch.report.model import OutputEntry, Report, TaskEntry
+from mvbatch.report.posters import make_posters, poster_relpath
+
+needs_ffmpeg = pytest.mark.skipif(
+    shutil.which("ffmpeg") is None, reason="ffmpeg is absent (apt-get install ffmpeg; CI has it)"
+)
+
+
+def videos_report(folder: Path, contents: list[bytes]) -> Report:
+    tasks = []
+    for n, data in enumerate(contents):
+        relpath = f"videos/shot/take{n}.mp4"
+        (folder / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (folder / relpath).write_bytes(data)
+        tasks.append(
+            TaskEntry(
+                key=f"mvb1-{n:032d}",
+                shot="shot",
+                shots=("shot",),
+                variant=(("take", n),),
+                take=1,
+                model="kling-v2-6",
+                input={},
+                status="succeeded",
+                estimate_local=Decimal("0.1"),
+                price_class="kling-v2-6",
+                price_source="documented",
+                upper_bound=False,
+                outputs=(
+                    OutputEntry(
+                        0, "https://cdn.test/v.mp4", relpath, sha256(data), len(data), Decimal(2)
+                    ),
+                ),
+            )
+        )
+    return Report("demo", "sim", tuple(tasks), ("shot",), {}, "2026-01-01T00:00:00Z")
+
+
+def jpegs(folder: Path) -> list[Path]:
+    return sorted((folder / "posters").glob("*")) if (folder / "posters").exists() else []
+
+
+@needs_ffmpeg
+def test_one_jpeg_per_video_named_by_its_hash_made_once(tmp_path: Path) -> None:
+    contents = [video_bytes("a", 60_000), video_bytes("b", 60_000)]
+    r = videos_report(tmp_path, contents)
+    stats = make_posters(r, tmp_path)
+    assert (stats.made, stats.cached, stats.failed) == (2, 0, 0)
+    assert jpegs(tmp_path) == sorted(tmp_path / poster_relpath(sha256(c)) for c in contents)
+    for poster in jpegs(tmp_path):
+        assert poster.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+    stamps = [p.stat().st_mtime_ns for p in jpegs(tmp_path)]
+    again = make_posters(r, tmp_path)
+    assert (again.made, again.cached) == (0, 2)
+    assert [p.stat().st_mtime_ns for p in jpegs(tmp_path)] == stamps
+    html = contact_sheet(r, tmp_path)
+    assert html.count('class="poster"') == 2
+    assert f'src="posters/{sha256(contents[0])}.jpg" loading="lazy"' in html
+
+
+def test_without_ffmpeg_no_poster_and_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    r = videos_report(tmp_path, [video_bytes("a", 60_000)])
+    stats = make_posters(r, tmp_path)
+    assert (stats.made, stats.skipped, stats.failed) == (0, 1, 0)
+    assert jpegs(tmp_path) == []
+    html = contact_sheet(r, tmp_path)
+    assert 'class="poster"' not in html
+    assert 'preload="none"' in html  # the page's script asks for the first frame
+
+
+@needs_ffmpeg
+def test_a_video_ffmpeg_cannot_read_is_skipped_and_leaves_nothing(tmp_path: Path) -> None:
+    r = videos_report(tmp_path, [b"not a video at all", video_bytes("ok", 60_000)])
+    stats = make_posters(r, tmp_path)
+    assert (stats.made, stats.failed) == (1, 1)
+    assert [p.name for p in jpegs(tmp_path)] == [f"{r.tasks[1].outputs[0].sha256}.jpg"]
+
+
+def test_a_hung_ffmpeg_is_stopped_by_the_timeout(tmp_path: Path) -> None:
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nexec sleep 60\n", encoding="utf-8")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    r = videos_report(tmp_path, [video_bytes("a", 60_000)])
+    stats = make_posters(r, tmp_path, ffmpeg=os.fspath(fake), timeout=0.5)
+    assert (stats.made, stats.failed) == (0, 1)
+    assert jpegs(tmp_path) == []
