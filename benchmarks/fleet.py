@@ -30,9 +30,12 @@ PostgreSQL 15 server (tests/pg_server.py: fsync off, on loopback).
    from the simulator's state, zero client overhead, every finish noticed at
    once), GETs per task and the simulator's most tasks alive at once.
 3. A worker's death: 3 workers on PostgreSQL, MVBATCH_LEASE_SECONDS=10, at
-   realistic latency; one is killed (SIGKILL) once it holds tasks in flight.
-   The delay is from the kill to the moment the last task it held was taken
-   over by a survivor (their `task.taken_over` log events), against the lease.
+   realistic latency; once a quarter of the tasks succeeded, the worker
+   holding the most tasks in flight is killed (SIGKILL). The delay is from
+   the kill to the moment the last task it held was taken over by a survivor
+   (their `task.taken_over` log events, or its claim changing in the tasks
+   table), against the lease; after 90 s without it the survivors are
+   stopped and the stall is reported (exit 1).
 
 Targets (from the issue): the fleet adds at most 10 % to the makespan of the
 same work on one machine; a worker's death delays its tasks by at most one
@@ -75,7 +78,6 @@ from mvbatch.ledger import sqlite_file  # noqa: E402
 ENV = "live"  # MINDVIDEO_BASE_URL is set: the ledger's environment is "live"
 GET = "GET /api/v1/tasks/{task_id}"
 IN_FLIGHT = ("submitting", "queued", "processing")
-HOLDING = 3  # the victim is killed once it holds this many tasks in flight
 LOOK = 5.0  # the most a worker waits between looks at tasks others hold (fleet.WAIT_AT_MOST)
 REALISTIC = {"latency_median": 12, "speed": 6}  # a lognormal around 2 s
 
@@ -283,8 +285,26 @@ class Worker:
                 *out[-lines:],
                 f"--- {self.name}: mvbatch.jsonl (last {lines} lines)",
                 *events[-lines:],
+                *(
+                    f"--- {self.name}: {crash.name}\n{crash.read_text(errors='replace')[-4000:]}"
+                    for crash in sorted((self.folder / "state" / "logs").glob("crash-*"))
+                ),
             ]
         )
+
+    def poll(self) -> bool:
+        """Whether it has exited (reaped here with `wait4`: its exit time, code and CPU)."""
+        if self.code is not None:
+            return True
+        pid, status, usage = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.ended = time.time()
+        self.code = os.waitstatus_to_exitcode(status)
+        self.process.returncode = self.code
+        self.cpu = usage.ru_utime + usage.ru_stime
+        self.read_counts()
+        return True
 
     def read_counts(self) -> None:
         path = self.folder / "counts.json"
@@ -318,9 +338,10 @@ def start_workers(
     concurrency: int,
     ledger: str | None,
     extra: dict[str, str] | None = None,
+    first: int = 0,
 ) -> list[Worker]:
     started = []
-    for n in range(workers):
+    for n in range(first, first + workers):
         folder = where / f"machine-{n}"
         folder.mkdir(parents=True)
         env = cli_env(folder, base_url, **(extra or {}))
@@ -362,16 +383,7 @@ def wait_workers(workers: list[Worker], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     left = [w for w in workers if w.code is None]
     while left:
-        for worker in list(left):
-            pid, status, usage = os.wait4(worker.pid, os.WNOHANG)
-            if pid == 0:
-                continue
-            worker.ended = time.time()
-            worker.code = os.waitstatus_to_exitcode(status)
-            worker.process.returncode = worker.code
-            worker.cpu = usage.ru_utime + usage.ru_stime
-            worker.read_counts()
-            left.remove(worker)
+        left = [w for w in left if not w.poll()]
         if left and time.monotonic() > deadline:
             for worker in left:
                 worker.process.send_signal(signal.SIGTERM)
@@ -394,11 +406,14 @@ class Run:
     sim: dict[str, Any]
     latencies: list[float]  # true latencies, in the order the simulator received the tasks
     makespan: float = 0.0
+    done: float = 0.0  # first start to the last task's end in the ledger
     transactions: int | None = None
     sim_cpu: float = 0.0
     pg_cpu: float | None = None
     machine_cpu: float = 0.0
     notes: list[str] = field(default_factory=list)
+
+    submitted: list[int] = field(default_factory=list)  # tasks each worker saw succeed
 
     @property
     def worker_cpu(self) -> float:
@@ -444,14 +459,26 @@ def true_latencies(sim_state: Path, keys: set[str]) -> list[float]:
     return [float(seconds) for key, seconds in rows if key in keys]
 
 
-def ledger_statuses(ledger: str | None, folder: Path, manifest: str) -> dict[str, str]:
-    """Every task of the manifest in the ledger: key -> status."""
-    query = "SELECT key, status FROM tasks WHERE env = 'live' AND manifest = "
+def ledger_tasks(ledger: str | None, folder: Path, manifest: str) -> dict[str, tuple[str, Any]]:
+    """Every task of the manifest in the ledger: key -> (status, finished_at)."""
+    query = "SELECT key, status, finished_at FROM tasks WHERE env = 'live' AND manifest = "
     if ledger is None:
         with contextlib.closing(sqlite3.connect(sqlite_file(folder / "state"))) as db:
-            return dict(db.execute(query + "?", (manifest,)).fetchall())
-    with psycopg.connect(ledger) as conn:
-        return dict(conn.execute(query + "%s", (manifest,)).fetchall())  # type: ignore[arg-type]
+            rows = db.execute(query + "?", (manifest,)).fetchall()
+    else:
+        with psycopg.connect(ledger) as conn:
+            rows = conn.execute(query + "%s", (manifest,)).fetchall()  # type: ignore[arg-type]
+    return {key: (status, finished) for key, status, finished in rows}
+
+
+def ledger_statuses(ledger: str | None, folder: Path, manifest: str) -> dict[str, str]:
+    return {k: status for k, (status, _) in ledger_tasks(ledger, folder, manifest).items()}
+
+
+def last_finish(ledger: str | None, folder: Path, manifest: str) -> float:
+    """When the last task of the manifest ended, as the ledger says (seconds since the epoch)."""
+    ends = [f for _, f in ledger_tasks(ledger, folder, manifest).values() if f]
+    return max(datetime.fromisoformat(f).timestamp() for f in ends)
 
 
 def check(run: Run, ledger: str | None, manifest: str, expected_codes: dict[str, int]) -> None:
@@ -520,6 +547,7 @@ def run_once(
         if pg is not None and ledger is not None and xact0 is not None:
             xacts = pg.transactions(database_of(ledger)) - xact0
         statuses = ledger_statuses(ledger, started[0].folder, name)
+        first = min(w.started for w in started)
         run = Run(
             label=label,
             ledger="PostgreSQL" if pg else "SQLite",
@@ -528,7 +556,9 @@ def run_once(
             concurrency=concurrency,
             sim=stats,
             latencies=true_latencies(sim_state, set(statuses)),
-            makespan=max(w.ended or 0.0 for w in started) - min(w.started for w in started),
+            makespan=max(w.ended or 0.0 for w in started) - first,
+            submitted=[len(w.log_events("task.succeeded")) for w in started],
+            done=last_finish(ledger, started[0].folder, name) - first,
             transactions=xacts,
             sim_cpu=sim_cpu,
             pg_cpu=pg_cpu,
@@ -543,14 +573,22 @@ def run_once(
 
 @dataclass
 class Death:
+    label: str
     run: Run
     lease: float
     killed_at: float  # seconds after the first start
     held: int  # tasks in flight the victim held when killed
     lease_out: float  # seconds from the kill until the last of its leases ran out
-    first_taken: float  # seconds from the kill until the first of them was taken over
-    last_taken: float  # ... and the last
+    first_taken: float | None  # seconds from the kill until the first of them was taken over
+    last_taken: float | None  # ... and the last; None: not within the wait
     taken_by_log: int  # how many `task.taken_over` events the survivors logged for them
+    taken_count: int  # how many of them were taken over at all
+    waited: float  # how long after the kill this waited for the take-over
+    diagnosis: str = ""  # what the ledger and the survivors showed, when it stalled
+
+    @property
+    def stalled(self) -> bool:
+        return self.last_taken is None
 
 
 def held_by(url: str, pid: int) -> list[tuple[str, str, float]]:
@@ -574,6 +612,23 @@ def claims_of(url: str, keys: list[str]) -> dict[str, str | None]:
     return dict(rows)
 
 
+def ledger_summary(url: str) -> str:
+    """Tasks by status and holder, and whether the holder's lease is over."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT status, coalesce(split_part(claimed_by, ':', 1) || ':' || "
+            "split_part(claimed_by, ':', 2), '-'), "
+            "coalesce(lease_until < extract(epoch FROM clock_timestamp()), false), count(*) "
+            "FROM tasks GROUP BY 1, 2, 3 ORDER BY 1, 2"
+        ).fetchall()
+    return "; ".join(
+        f"{n} {status}"
+        + ("" if holder == "-" else f" held by {holder}")
+        + (" (lease over)" if over else "")
+        for status, holder, over, n in rows
+    )
+
+
 def db_clock(url: str) -> float:
     with psycopg.connect(url) as conn:
         found = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
@@ -581,11 +636,42 @@ def db_clock(url: str) -> float:
     return float(found[0])
 
 
-def death(setup: Setup, pg: Postgres, tasks: int, concurrency: int, lease: float) -> Death:
+def succeeded(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('tasks')").fetchone() == (None,):
+            return 0
+        found = conn.execute("SELECT count(*) FROM tasks WHERE status = 'succeeded'").fetchone()
+    return int(found[0]) if found else 0
+
+
+def wait_until(condition: Any, timeout: float, what: str, workers: list[Worker]) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline or any(w.poll() for w in workers):
+            tails = "\n".join(w.tail() for w in workers)
+            raise RuntimeError(f"timed out waiting for {what}:\n{tails}")
+        time.sleep(0.1)
+
+
+def death(
+    setup: Setup,
+    pg: Postgres,
+    tasks: int,
+    concurrency: int,
+    lease: float,
+    *,
+    patience: float,
+) -> Death:
+    """Kill one of 3 workers mid-run; how long until the tasks it held are taken over.
+
+    A quarter of the tasks done, the worker holding the most tasks in flight
+    is killed (SIGKILL); the other two are watched for `patience` seconds.
+    """
     where = setup.folder / "death"
     name = "fleet"
     manifest = write_manifest(where, name, tasks)
     ledger = fresh_database(pg.server)
+    extra = {"MVBATCH_LEASE_SECONDS": f"{lease:g}"}
     with simulator(where, **REALISTIC, seed=3) as (base_url, sim_state):
         started = start_workers(
             setup,
@@ -593,18 +679,15 @@ def death(setup: Setup, pg: Postgres, tasks: int, concurrency: int, lease: float
             base_url,
             manifest,
             workers=3,
+            extra=extra,
             concurrency=concurrency,
             ledger=ledger,
-            extra={"MVBATCH_LEASE_SECONDS": f"{lease:g}"},
         )
-        victim = started[1]
-        deadline = time.monotonic() + 60
-        held: list[tuple[str, str, float]] = []
-        while len(held) < HOLDING:
-            if time.monotonic() > deadline or victim.process.poll() is not None:
-                raise RuntimeError(f"the victim never held {HOLDING} tasks:\n" + victim.tail())
-            time.sleep(0.1)
-            held = held_by(ledger, victim.pid)
+        wait_until(lambda: succeeded(ledger) >= tasks // 4, 120, "a quarter done", started)
+        # The worker that holds the most tasks in flight (the fleet's slots go
+        # to whoever frees one: usually one worker holds them all).
+        holding = {w.name: len(held_by(ledger, w.pid)) for w in started}
+        victim = max(started, key=lambda w: holding[w.name])
         victim.process.send_signal(signal.SIGKILL)
         killed = time.time()
         clock = db_clock(ledger)  # the leases are on the database's clock
@@ -612,18 +695,36 @@ def death(setup: Setup, pg: Postgres, tasks: int, concurrency: int, lease: float
         keys = [k for k, _, _ in held]
         ids = {w for _, w, _ in held}
         lease_out = max(until for _, _, until in held) - clock
+        survivors = [w for w in started if w is not victim]
         taken: dict[str, float] = {}
-        while len(taken) < len(keys):
+        deadline = killed + patience
+        while len(taken) < len(keys) and time.time() < deadline:
             now = time.time()
             for key, holder in claims_of(ledger, keys).items():
                 if key not in taken and holder not in ids:
                     taken[key] = now - killed
-            if all(w.process.poll() is not None for w in started if w is not victim):
+            if all(w.poll() for w in survivors):
                 break
             time.sleep(0.1)
+        waited = time.time() - killed
+        diagnosis = ""
+        if len(taken) < len(keys):  # a finding: say what the fleet was doing, then stop it
+            diagnosis = (
+                f"after {waited:.0f} s, {len(keys) - len(taken)} of the {len(keys)} tasks "
+                f"were still held by the dead worker; ledger: {ledger_summary(ledger)}; "
+                + "; ".join(
+                    f"{w.name}: "
+                    + (w.folder / "run.out").read_text(errors="replace").strip().splitlines()[-1]
+                    for w in survivors
+                )
+            )
+            for worker in survivors:
+                if not worker.poll():
+                    worker.process.send_signal(signal.SIGTERM)
         wait_workers(started, 600)
         stats = httpx.get(f"{base_url}/_sim/stats", timeout=60).json()
         statuses = ledger_statuses(ledger, started[0].folder, name)
+        first = min(w.started for w in started)
         run = Run(
             label="worker killed",
             ledger="PostgreSQL",
@@ -632,9 +733,11 @@ def death(setup: Setup, pg: Postgres, tasks: int, concurrency: int, lease: float
             concurrency=concurrency,
             sim=stats,
             latencies=true_latencies(sim_state, set(statuses)),
-            makespan=max(w.ended or 0.0 for w in started) - min(w.started for w in started),
+            makespan=max(w.ended or 0.0 for w in started) - first,
+            submitted=[len(w.log_events("task.succeeded")) for w in started],
         )
-    check(run, ledger, name, {victim.name: -signal.SIGKILL})
+    if not diagnosis:
+        check(run, ledger, name, {victim.name: -signal.SIGKILL})
     # The survivors' own word for when they took each one over (their log's clock).
     logged = {}
     for worker in started:
@@ -643,20 +746,21 @@ def death(setup: Setup, pg: Postgres, tasks: int, concurrency: int, lease: float
                 at = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00"))
                 logged[event["key"]] = at.timestamp() - killed
     seen = {**taken, **logged}  # the log is exact; the table was looked at every 0.1 s
-    if len(seen) < len(keys):
-        raise RuntimeError(
-            f"only {len(seen)} of the victim's {len(keys)} tasks were taken over:\n"
-            + "\n".join(w.tail() for w in started)
-        )
+    complete = len(seen) >= len(keys)
     return Death(
+        label=f"mid-run, {holding[victim.name]} of {concurrency} slots held "
+        f"({', '.join(str(n) for n in holding.values())} by worker)",
         run=run,
         lease=lease,
-        killed_at=killed - min(w.started for w in started),
+        killed_at=killed - first,
         held=len(keys),
         lease_out=lease_out,
-        first_taken=min(seen.values()),
-        last_taken=max(seen.values()),
+        first_taken=min(seen.values()) if seen else None,
+        last_taken=max(seen.values()) if complete else None,
         taken_by_log=len(logged),
+        taken_count=len(seen),
+        waited=waited,
+        diagnosis=diagnosis,
     )
 
 
@@ -674,22 +778,41 @@ def zero_row(run: Run, base: Run) -> str:
     else:
         transactions = per_task(run.sqlite_transactions, run.tasks)
     return (
-        f"| {run.label} | {run.makespan:.1f} s | **{run.tasks / run.makespan:,.0f}** "
-        f"| {run.makespan / base.makespan:.2f}x "
+        f"| {run.label} | {run.done:.1f} s | {run.makespan:.1f} s "
+        f"| **{run.tasks / run.makespan:,.0f}** | {run.makespan / base.makespan:.2f}x "
         f"| {run.worker_cpu:.1f} s ({1000 * run.worker_cpu / run.tasks:.1f} ms/task) "
         f"| {run.sim_cpu:.1f} / {'-' if run.pg_cpu is None else f'{run.pg_cpu:.1f}'} "
         f"/ {max(rest, 0.0):.1f} s "
         f"| {transactions} | {per_task(run.statements, run.tasks)} "
-        f"| {run.gets / run.tasks:.2f} | {run.max_in_flight} |"
+        f"| {run.gets / run.tasks:.2f} | {' / '.join(map(str, run.submitted))} |"
     )
 
 
 def realistic_row(run: Run, base: Run) -> str:
     return (
-        f"| {run.label} | {run.makespan:.1f} s | {run.ideal:.1f} s "
+        f"| {run.label} | {run.done:.1f} s | {run.makespan:.1f} s | {run.ideal:.1f} s "
         f"| {run.makespan / run.ideal:.3f}x | **{run.makespan / base.makespan:.3f}x** "
+        f"({run.done / base.done:.3f}x) "
         f"| {run.gets / run.tasks:.2f} | {run.max_in_flight} "
-        f"| {run.worker_cpu:.1f} s ({1000 * run.worker_cpu / run.tasks:.1f} ms/task) |"
+        f"| {run.worker_cpu:.1f} s ({1000 * run.worker_cpu / run.tasks:.1f} ms/task) "
+        f"| {' / '.join(map(str, run.submitted))} |"
+    )
+
+
+def death_row(d: Death) -> str:
+    if d.stalled:
+        taken = (
+            f"**not within {d.waited:.0f} s** ({d.taken_count} "
+            f"of {d.held} taken over); the survivors were stopped (SIGTERM)"
+        )
+    else:
+        assert d.first_taken is not None
+        assert d.last_taken is not None
+        taken = f"first {d.first_taken:.1f} s, **last {d.last_taken:.1f} s**"
+    run = d.run
+    return (
+        f"| {d.label} | {d.killed_at:.1f} s | {d.held} | {d.lease_out:.1f} s | {taken} "
+        f"| {run.makespan:.1f} s (ideal {run.ideal:.1f} s) | {run.max_in_flight} |"
     )
 
 
@@ -703,6 +826,7 @@ def main() -> None:
     args = parser.parse_args()
     zero_tasks, real_tasks, death_tasks = (300, 100, 100) if args.quick else (2000, 400, 300)
     concurrency_zero, concurrency_real, lease = 16, 20, 10.0
+    patience = 60.0 if args.quick else 90.0  # after a kill, how long to wait for a take-over
 
     own_hosts = os.geteuid() == 0 and shutil.which("unshare") is not None
     t0 = time.monotonic()
@@ -764,69 +888,73 @@ def main() -> None:
             real.append(run)
             print(realistic_row(run, real[0]), flush=True)
 
-        print(f"3. a worker killed: 3 workers, {death_tasks} tasks, lease {lease:g} s", flush=True)
-        died = death(setup, pg, death_tasks, concurrency_real, lease)
         print(
-            f"killed {died.killed_at:.1f} s in, holding {died.held} tasks; taken over "
-            f"{died.first_taken:.1f}-{died.last_taken:.1f} s after the kill",
+            f"3. a worker killed: 3 workers, {death_tasks} tasks, --concurrency "
+            f"{concurrency_real}, lease {lease:g} s",
             flush=True,
         )
+        deaths = []
+        for _ in range(1):
+            died = death(setup, pg, death_tasks, concurrency_real, lease, patience=patience)
+            deaths.append(died)
+            print(death_row(died), flush=True)
+            if died.diagnosis:
+                print(f"   stalled: {died.diagnosis}", flush=True)
 
     header_zero = (
-        "| zero latency | makespan | tasks/s | / 1 process | workers' CPU "
+        "| zero latency | all done | makespan | tasks/s | / 1 process | workers' CPU "
         "| CPU s: sim / PostgreSQL / rest | ledger transactions/task "
-        "| ledger statements/task | GETs/task | most alive at once |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "| ledger statements/task | GETs/task | finished by each worker |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     tables.append(header_zero + "\n" + "\n".join(zero_row(r, zero[0]) for r in zero))
     header_real = (
-        "| realistic latency | makespan | ideal | / ideal | / 1 process "
-        "| GETs/task | most alive at once | workers' CPU |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|"
+        "| realistic latency | all done | makespan | ideal | / ideal "
+        "| / 1 process (all done) | GETs/task | most alive at once | workers' CPU "
+        "| finished by each worker |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     tables.append(header_real + "\n" + "\n".join(realistic_row(r, real[0]) for r in real))
-    d = died
-    tables.append(
-        f"| worker killed (3 workers, lease {d.lease:g} s) | result |\n|---|---|\n"
-        + f"| killed (SIGKILL) | {d.killed_at:.1f} s after the first start, holding "
-        f"{d.held} tasks in flight |\n"
-        f"| its last lease ran out | {d.lease_out:.1f} s after the kill |\n"
-        f"| its tasks taken over | first {d.first_taken:.1f} s, **last {d.last_taken:.1f} s** "
-        f"after the kill ({d.taken_by_log} of {d.held} in the survivors' logs) |\n"
-        f"| the run | {d.run.tasks} tasks in {d.run.makespan:.1f} s (ideal "
-        f"{d.run.ideal:.1f} s), each charged once, at most {d.run.max_in_flight} alive |"
+    header_death = (
+        f"| worker killed (3 workers, lease {lease:g} s) | killed at | tasks it held "
+        "| its last lease ran out | its tasks taken over, after the kill | run "
+        "| most alive at once |\n|---|---:|---:|---:|---|---|---:|"
     )
+    tables.append(header_death + "\n" + "\n".join(death_row(d) for d in deaths))
 
     worst_fleet = max(r.makespan / real[0].makespan for r in real[1:])
+    worst_done = max(r.done / real[0].done for r in real[1:])
+    zero_fleet = max(r.makespan / zero[0].makespan for r in zero[1:])
+    runs = [*zero, *real, *(d.run for d in deaths)]
     targets = [
         (
             "realistic latency: fleet makespan / one process",
-            f"{worst_fleet:.3f}x (worst of 2 and 4 workers)",
+            f"{worst_fleet:.3f}x (all done: {worst_done:.3f}x), worst of 2 and 4 workers",
             "≤ 1.10",
             worst_fleet <= 1.10,
         ),
-        (
-            "a worker's death: its last task taken over after",
-            f"{d.last_taken:.1f} s",
-            f"≤ lease + {LOOK:g} s = {d.lease + LOOK:g} s",
-            d.last_taken <= d.lease + LOOK,
+        *(
+            (
+                f"a worker's death ({d.label}): its last task taken over after",
+                "never (stalled)" if d.last_taken is None else f"{d.last_taken:.1f} s",
+                f"≤ lease + {LOOK:g} s = {lease + LOOK:g} s",
+                d.last_taken is not None and d.last_taken <= lease + LOOK,
+            )
+            for d in deaths
         ),
         (
-            "fleet --concurrency held (most alive at once)",
-            f"{max(r.max_in_flight for r in [*zero, *real, d.run])}",
-            f"≤ {concurrency_zero} / {concurrency_real}",
-            all(r.max_in_flight <= r.concurrency for r in [*zero, *real, d.run]),
+            "the fleet's --concurrency held (most alive at once, realistic runs)",
+            f"{max(r.max_in_flight for r in runs)}",
+            f"≤ {concurrency_real}",
+            all(r.max_in_flight <= r.concurrency for r in runs),
         ),
-    ]
-    zero_fleet = max(r.makespan / zero[0].makespan for r in zero[1:])
-    targets.append(
         (
             "zero latency: fleet makespan / one process (reported)",
-            f"{zero_fleet:.2f}x (worst of 1, 2 and 4 workers)",
+            f"{zero_fleet:.2f}x, worst of 1, 2 and 4 workers",
             "≤ 1.10",
             zero_fleet <= 1.10,
-        )
-    )
+        ),
+    ]
     tables.append(
         "| target | result | target | |\n|---|---|---|---|\n"
         + "\n".join(f"| {a} | {b} | {c} | {verdict(m)} |" for a, b, c, m in targets)
@@ -843,6 +971,11 @@ def main() -> None:
     for table in tables:
         print()
         print(table)
+    for d in deaths:
+        if d.diagnosis:
+            print(f"\nstalled ({d.label}): {d.diagnosis}")
+    if any(d.stalled for d in deaths):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

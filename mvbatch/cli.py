@@ -9,24 +9,15 @@ says where.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
-import shlex
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pydantic import SecretStr, ValidationError
-from rich.text import Text
 
 from mvbatch import logs
 from mvbatch.errors import (
@@ -37,11 +28,18 @@ from mvbatch.errors import (
     MvbatchError,
     UsageError,
 )
-from mvbatch.money import usd
-from mvbatch.settings import Settings, load_settings
 from mvbatch.sim.command import register as register_sim_command
 from mvbatch.ui.help import EPILOG, mode_line
 from mvbatch.ui.terminal import Terminal
+
+if TYPE_CHECKING:
+    from mvbatch.settings import Settings
+
+# Start-up: `mvbatch --help` imports this module and Typer, nothing more.
+# pydantic (through the settings), Rich (the terminal makes its consoles when
+# first used), structlog (`mvbatch.logs` imports it when a first event is
+# logged), httpx and every stage are imported where a command needs them;
+# tests/test_startup.py keeps it so.
 
 app = typer.Typer(
     name="mvbatch",
@@ -81,6 +79,12 @@ LedgerOption = Annotated[
 
 
 def _settings(ledger: str | None = None) -> Settings:
+    from urllib.parse import urlsplit
+
+    from pydantic import SecretStr, ValidationError
+
+    from mvbatch.settings import load_settings
+
     try:
         settings = load_settings()
     except ValidationError as error:
@@ -112,6 +116,8 @@ def _edge(command: F) -> F:
         try:
             code = command(*args, **kwargs)
         except MvbatchError as error:
+            from rich.text import Text
+
             message = Text.assemble(("error:", "bold red"), " ", logs.redact_text(error.message))
             terminal.say(
                 message,
@@ -129,6 +135,8 @@ def _edge(command: F) -> F:
         except (typer.Exit, typer.Abort):
             raise
         except Exception:
+            from rich.text import Text
+
             where, words = _write_crash_log()
             terminal.say(
                 Text.assemble(
@@ -153,6 +161,14 @@ def _write_crash_log() -> tuple[Path | None, str]:
     log goes to the system's temporary folder, and if even that fails, the
     words say what went wrong.
     """
+    import tempfile
+    import traceback
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from mvbatch.settings import Settings
+
     text = logs.redact_text(traceback.format_exc())
     name = f"crash-{datetime.now(UTC):%Y%m%dT%H%M%S}.log"
     try:
@@ -270,8 +286,10 @@ def plan(  # options are keyword-only: Typer passes them by name
     chosen = selected(the_plan, settings, kind)
     states = ledger_states(chosen.plan, settings)
     if as_json:
-        document = render.plan_document(chosen.plan, states, chosen.rerolled_from)
-        terminal.stdout.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+        # Written as it is produced: a plan of 100,000 tasks is never held as one document.
+        for chunk in render.plan_json_chunks(chosen.plan, states, chosen.rerolled_from):
+            terminal.stdout.write(chunk)
+        terminal.stdout.flush()
     else:
         if kind != "all" or chosen.empty:
             terminal.print(render.selection_view(chosen))
@@ -459,6 +477,9 @@ def _run_command(
     shard: tuple[int, int] | None = None,
 ) -> ExitCode:
     # Imported here for start-up time: `mvbatch --help` and other commands skip it.
+    import asyncio
+    import shlex
+
     from mvbatch.commands import running
     from mvbatch.run.budget import check_budget
     from mvbatch.ui import progress, render
@@ -553,6 +574,8 @@ def _say_mode(settings: Settings, endpoint: Any, *, simulate: bool, live: bool) 
 
 
 def _usd_option(text: str | None) -> Any:
+    from decimal import Decimal, InvalidOperation
+
     if text is None:
         return None
     try:
@@ -567,6 +590,8 @@ def _usd_option(text: str | None) -> Any:
 
 
 def _confirm(check: Any) -> None:
+    from mvbatch.money import usd
+
     question = f"Submit for real? projected {usd(check.projected)}" + (
         f" (cap {usd(check.cap)})" if check.cap is not None else ""
     )

@@ -8,6 +8,9 @@ forms a server may echo it in (URL-encoded, JSON-escaped), wherever it appears.
 The log processor applies it to every field and blanks fields whose names say
 they hold secrets; `mvbatch.api.responses` applies it to every string a server
 sends before anything stores it.
+
+Loggers come from `get`, at module level; structlog itself is imported (and
+configured as `configure` last said) when one of them first logs.
 """
 
 from __future__ import annotations
@@ -15,15 +18,13 @@ from __future__ import annotations
 import atexit
 import functools
 import json
-import logging
 import re
 import sys
 from collections.abc import Callable, MutableMapping
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal, TextIO
 from urllib.parse import quote, quote_plus
-
-import structlog
 
 LogFormat = Literal["auto", "console", "json"]
 REDACTED = "[redacted]"
@@ -35,6 +36,12 @@ _SECRET_FIELDS = frozenset(
 MIN_SECRET = 6
 _secrets: set[str] = set()  # each registered secret, in every form it may be echoed in
 _open_files: list[TextIO] = []
+# structlog is imported when the first event is logged, not at start-up: its
+# package loads its console renderer and, through it, Rich's traceback and
+# pretty-printing machinery (a third of `mvbatch --help`'s start-up), which a
+# command that logs nothing never uses. Until then `configure` leaves its
+# configuration here, and `_structlog` applies it.
+_pending: Callable[[], None] | None = None
 
 
 def register_secret(value: str | None) -> None:
@@ -69,17 +76,29 @@ def _matchers(secrets: frozenset[str]) -> tuple[tuple[str, ...], re.Pattern[str]
 _CREDENTIAL_SHAPES = re.compile(
     r"(?i)(?<=bearer )[A-Za-z0-9._~+/=-]{6,}|\bmv_(?:live|test)_[A-Za-z0-9_-]+"
 )
+# What every match of `_CREDENTIAL_SHAPES` contains. Searching for these two is
+# several times faster than the look-behind pattern, which tries every offset,
+# and nearly all text has neither, so the pattern itself rarely runs.
+_BEARER_HINT = re.compile(r"(?i)bearer ")
+_KEY_HINT = re.compile(r"(?i)mv_(?:live|test)_")
 
 
 def redact_text(text: str) -> str:
-    """`text` with every registered secret, and anything shaped like a credential, replaced."""
+    """`text` with every registered secret, and anything shaped like a credential, replaced.
+
+    Meant for what may carry a secret: a server's words, an exception, a log
+    line, what a command prints. Files we compose from such values (the
+    reports) are redacted where the values enter, not byte by byte.
+    """
     long, short = _matchers(frozenset(_secrets))
     for secret in long:
         if secret in text:
             text = text.replace(secret, REDACTED)
     if short is not None:
         text = short.sub(REDACTED, text)
-    return _CREDENTIAL_SHAPES.sub(REDACTED, text)
+    if _BEARER_HINT.search(text) or _KEY_HINT.search(text):
+        text = _CREDENTIAL_SHAPES.sub(REDACTED, text)
+    return text
 
 
 def _redact_value(value: Any) -> Any:
@@ -141,6 +160,33 @@ def configure(
     if tty is None:
         tty = (stream or sys.stderr).isatty()
     use_json = log_format == "json" or (log_format == "auto" and not tty)
+    shutdown()
+    handle = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = log_file.open("a", encoding="utf-8")
+        _open_files.append(handle)
+
+    def apply() -> None:
+        _configure_structlog(
+            level, handle, _Console(stream, sink), use_json=use_json, colors=bool(tty)
+        )
+
+    global _pending  # noqa: PLW0603 - one configuration per process, like structlog's own
+    if "structlog" in sys.modules:  # loggers may be in use: they follow it from now on
+        _pending = None
+        apply()
+    else:
+        _pending = apply
+
+
+def _configure_structlog(
+    level: str, handle: TextIO | None, console: _Console, *, use_json: bool, colors: bool
+) -> None:
+    import logging
+
+    import structlog
+
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -150,12 +196,6 @@ def configure(
         structlog.processors.format_exc_info,
         redact,
     ]
-    shutdown()
-    handle = None
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handle = log_file.open("a", encoding="utf-8")
-        _open_files.append(handle)
     threshold = logging.getLevelNamesMapping().get(level.upper(), logging.WARNING)
 
     def route(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any:
@@ -172,16 +212,27 @@ def configure(
         if use_json:
             return json_line
         rendered = structlog.dev.ConsoleRenderer(
-            colors=tty, exception_formatter=structlog.dev.plain_traceback
+            colors=colors, exception_formatter=structlog.dev.plain_traceback
         )(_logger, method, event)
         return redact_text(str(rendered))
 
     structlog.configure(
         processors=[*shared, route],
-        logger_factory=lambda *_: _Console(stream, sink),
+        logger_factory=lambda *_: console,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=False,
     )
+
+
+def _structlog() -> ModuleType:
+    """structlog, imported, with the configuration `configure` last asked for applied."""
+    global _pending
+    import structlog
+
+    if _pending is not None:
+        apply, _pending = _pending, None
+        apply()
+    return structlog
 
 
 def shutdown() -> None:
@@ -193,5 +244,19 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
+class _Logger:
+    """structlog's logger `name`, from its first use on (see `_pending`)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._logger is None:
+            self._logger = _structlog().get_logger(self._name)
+        return getattr(self._logger, attribute)
+
+
 def get(name: str = "mvbatch") -> Any:
-    return structlog.get_logger(name)
+    """A logger for module-level use: importing it costs nothing until it logs."""
+    return _Logger(name)

@@ -17,6 +17,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from mvbatch.report import html as html_module
 from mvbatch.report.html import (
     ReviewMode,
     card_fragments,
@@ -301,3 +304,33 @@ def test_the_layout_signature_changes_with_rows_columns_and_takes() -> None:
         layout_signature(report(*base.tasks, take("car", {"mode": "std", "duration": 5}, n=2)))
         != signature
     )
+
+
+def test_a_sheet_past_its_take_limit_shows_whole_first_rows_and_says_where_the_rest_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `SHEET_TAKES` takes the page stops after the last whole row that fits, says
+    so, and still counts every task above the grid; review speaks of the same cards."""
+    monkeypatch.setattr(html_module, "SHEET_TAKES", 10)
+    shots = [f"shot-{n}" for n in range(6)]
+    r = report(*(take(s, {"mode": m}) for s in shots for m in ("std", "pro", "max", "min")))
+    page = contact_sheet(r, tmp_path)
+    sheet = parse(page)
+    assert len(sheet.rows) == 2  # 4 takes a row: a third would make 12
+    assert len(sheet.takes) == 8
+    assert "Showing the first 2 of 6 shots (8 of 24 takes)" in page
+    assert "report.csv" in page
+    assert '<div class="v">24</div>' in page  # the Tasks tile counts every task
+    g = grid(r)
+    assert (g.collapsed, g.shots, g.takes, g.takes_shown) == (True, 6, 24, 8)
+    review = ReviewMode("token")
+    reviewed = contact_sheet(r, tmp_path, review)
+    assert f'data-layout="{layout_signature(r)}"' in reviewed
+    fragments = card_fragments(r, tmp_path, review)
+    assert set(fragments) == {t.key for t in r.tasks if t.shot in shots[:2]}
+    # A first row larger than the limit is still shown, alone.
+    monkeypatch.setattr(html_module, "SHEET_TAKES", 3)
+    assert len(parse(contact_sheet(r, tmp_path)).rows) == 1
+    # Within the limit, nothing is said.
+    monkeypatch.setattr(html_module, "SHEET_TAKES", 24)
+    assert "Showing the first" not in contact_sheet(r, tmp_path)

@@ -27,7 +27,7 @@ from structlog.testing import capture_logs
 from mvbatch.api.client import ApiClient
 from mvbatch.api.retry import Backoff
 from mvbatch.errors import AuthError, FileChangedError, UsageError
-from mvbatch.ledger import Ledger, TaskRow, open_ledger
+from mvbatch.ledger import Ledger, SqliteLedger, TaskRow, open_ledger
 from mvbatch.plan.keys import retry_key
 from mvbatch.plan.planner import Plan, PlannedTask
 from mvbatch.run import follow
@@ -515,6 +515,38 @@ async def test_the_first_post_of_each_price_class_goes_alone(tmp_path: Path) -> 
     }
 
 
+async def test_a_wave_of_intents_is_one_ledger_step_committed_before_its_posts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tasks that start together record their intents in one transaction; each
+    POST still goes only once its own intent is committed."""
+    plan = plan_of(tmp_path, 8)
+    steps: list[list[str]] = []
+    record_intents = SqliteLedger.record_intents
+
+    def spy(self: SqliteLedger, env: str, intents: Any, **options: Any) -> Any:
+        steps.append([i.key for i in intents])
+        return record_intents(self, env, intents, **options)
+
+    monkeypatch.setattr(SqliteLedger, "record_intents", spy)
+    seen: dict[str, tuple[str, str]] = {}
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        key = request.headers["Idempotency-Key"]
+        with SqliteLedger(tmp_path / "state") as look:  # another connection: committed only
+            row = look.task("sim", key)
+            assert row is not None
+            seen[key] = (row.status, row.submit_key)
+        return httpx.Response(200, json=task_body("task_" + key[-6:]))
+
+    result, _ = await run(tmp_path, plan, scripted(handler), concurrency=8)
+    assert result.counts == {"succeeded": 8}
+    # The first POST of the class goes alone; the other seven start together.
+    assert [len(step) for step in steps] == [1, 7]
+    assert sorted(k for step in steps for k in step) == sorted(t.key for t in plan.tasks)
+    assert seen == {t.key: ("submitting", t.key) for t in plan.tasks}
+
+
 async def test_no_more_tasks_in_flight_than_the_concurrency(tmp_path: Path) -> None:
     plan = plan_of(tmp_path, 12)
     in_flight = peak = 0
@@ -797,19 +829,23 @@ async def test_tasks_dropped_from_the_manifest_are_followed_or_reported(tmp_path
     assert any(e["event"] == "run.unfollowed" for e in logs)
 
 
-async def test_the_payload_is_built_off_the_event_loop(
+async def test_a_payload_that_reads_local_files_is_built_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    plan = plan_of(tmp_path, 2)
-    threads: list[str] = []
+    """Hashing and encoding a file (tens of MB as a data URI) never blocks the loop;
+    a payload without one is a small dict, built where it is sent."""
+    (tmp_path / "a.jpg").write_bytes(b"\xff\xd8 an image")
+    image = {"id": "image", "model": "wan2-6-i2v-flash", "input": {"image_urls": ["@a.jpg"]}}
+    plan = planned(write_manifest(tmp_path, "t", [image, *shots(1, "text")]), tmp_path / "state")
+    threads: dict[str, str] = {}
     build = PlannedTask.payload
 
     def payload(self: PlannedTask) -> dict[str, Any]:
-        threads.append(threading.current_thread().name)
+        threads[self.shot] = threading.current_thread().name
         return build(self)
 
     monkeypatch.setattr(PlannedTask, "payload", payload)
     result, _ = await run(tmp_path, plan, InProcessSim(speed=0).api())
     assert result.counts == {"succeeded": 2}
-    assert len(threads) == 2
-    assert threading.main_thread().name not in threads
+    assert threads["image"] != threading.main_thread().name
+    assert threads["text0"] == threading.main_thread().name

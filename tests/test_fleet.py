@@ -9,7 +9,12 @@ What must hold is read from the simulator's own billing and from the ledger.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +22,16 @@ from typing import Any
 
 import psycopg
 import pytest
-from run_helpers import TEST_KEY, charges_by_key, cli, cli_env, cli_popen, sim_stats, write_manifest
+from run_helpers import (
+    STARTED,
+    TEST_KEY,
+    charges_by_key,
+    cli,
+    cli_env,
+    cli_popen,
+    sim_stats,
+    write_manifest,
+)
 from sim_helpers import running_sim
 
 from mvbatch.ledger import sqlite_file
@@ -251,3 +265,59 @@ def test_plan_run_status_and_report_take_the_ledger_from_any_folder(
     assert "password authentication failed" in refused.stderr
     assert password not in refused.stdout + refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_a_dead_worker_holding_every_slot_does_not_stall_the_others(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The dead worker held all of --concurrency: the others, with work left to send and
+    refused as busy, must still take its tasks over when its lease runs out.
+
+    The dead worker runs under another host name (its own UTS namespace), as on
+    another machine: nobody can see its pid is gone, only its lease tells.
+    """
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.skip("needs root and unshare to give a worker a host name of its own")
+    manifest = fleet_manifest(tmp_path, 12, Decimal("1.00"))
+    with running_sim(tmp_path, speed=1, latency_median=4, seed=3) as base_url:
+        args = ["run", str(manifest), "--yes", "--concurrency", "3"]
+
+        def start(name: str, *, elsewhere: bool = False) -> subprocess.Popen[bytes]:
+            folder = tmp_path / name
+            folder.mkdir()
+            env = cli_env(folder, base_url, MVBATCH_LEDGER=pg_url, MVBATCH_LEASE_SECONDS="3")
+            if not elsewhere:
+                return cli_popen(args, env, folder, folder / "run.out")
+            command = [sys.executable, "-m", "mvbatch", *args]
+            script = f"hostname {name}-host && exec {shlex.join(command)}"
+            with (folder / "run.out").open("ab") as out:
+                process = subprocess.Popen(
+                    ["unshare", "--uts", "sh", "-c", script],
+                    env=env,
+                    cwd=folder,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+            STARTED.append(process)
+            return process
+
+        victim = start("far", elsewhere=True)
+        wait_for(
+            lambda: in_flight_of(pg_url, victim.pid) == 3, 60, "the far worker to fill all 3 slots"
+        )
+        survivors = [start("near-1"), start("near-2")]
+        time.sleep(2)  # not a timing assertion: the survivors are refused as busy meanwhile
+        held = held_by(pg_url, victim.pid)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        for n, survivor in enumerate(survivors, 1):
+            output = tmp_path / f"near-{n}" / "run.out"
+            assert survivor.wait(180) == 0, output.read_text()[-3000:]
+        charged = charges_by_key(sim_stats(base_url))
+    with PostgresLedger(pg_url) as ledger:
+        rows = ledger.tasks("live", "fleet")
+    assert {r.status for r in rows} == {"succeeded"}
+    assert len(held) == 3
+    assert all(r.claimed_by is None or "far-host" not in r.claimed_by for r in rows)
+    assert set(charged.values()) == {1}
+    assert len(charged) == 12

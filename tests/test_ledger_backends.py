@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from mvbatch.errors import ConfigError
-from mvbatch.ledger import Ledger, SqliteLedger
+from mvbatch.ledger import Intent, Ledger, SqliteLedger
 from mvbatch.ledger.postgres import PostgresLedger, applied, shown
 
 ENV = "sim"
@@ -366,6 +366,115 @@ def test_the_fleets_concurrency_is_held_by_the_ledger(ledger: Ledger) -> None:
     assert intent(2, "w1").granted  # one ended: a slot is free, for any worker
 
 
+def answers_of(reservations: list[Any]) -> list[tuple[Any, ...]]:
+    return [(r.granted, r.estimate, r.committed, r.cap, r.stale, r.busy) for r in reservations]
+
+
+def test_a_step_of_intents_answers_each_as_one_by_one_would(ledger: Ledger) -> None:
+    """The cap exact across the step, a task that does not fit refused on its own (a
+    smaller one after it still fits), stale tasks refused task by task."""
+    for manifest in ("step", "alone"):
+        ledger.ensure_tasks(ENV, [row(f"{manifest}-{n}", manifest=manifest) for n in "abcde"])
+        ledger.record_intent(
+            ENV, f"{manifest}-e", previous="planned", submit_key="e", attempt=0, run_id=None
+        )
+    cap = Decimal("0.15")
+
+    def intents(manifest: str) -> list[Intent]:
+        return [
+            Intent(f"{manifest}-a", "planned", f"{manifest}-a", 0),  # 0.0414: fits
+            Intent(f"{manifest}-b", "planned", f"{manifest}-b", 0, Decimal("0.05")),  # fits
+            Intent(f"{manifest}-c", "planned", f"{manifest}-c", 0),  # 0.0414: over
+            Intent(f"{manifest}-d", "planned", f"{manifest}-d", 0, Decimal("0.0001")),  # fits
+            Intent(f"{manifest}-e", "planned", f"{manifest}-e", 0),  # submitting now: stale
+        ]
+
+    step = ledger.record_intents(ENV, intents("step"), run_id=None, cap=cap)
+    alone = [
+        ledger.record_intents(ENV, [intent], run_id=None, cap=cap)[0] for intent in intents("alone")
+    ]
+    assert answers_of(step) == answers_of(alone)
+    e = Decimal("0.0414")  # the intent of task e, from before, counts
+    assert answers_of(step) == [
+        (True, Decimal("0.0414"), e, cap, False, False),
+        (True, Decimal("0.05"), e + Decimal("0.0414"), cap, False, False),
+        (False, Decimal("0.0414"), e + Decimal("0.0914"), cap, False, False),  # 0.1742
+        (True, Decimal("0.0001"), e + Decimal("0.0914"), cap, False, False),
+        (False, Decimal("0.0414"), None, cap, True, False),
+    ]
+    for manifest in ("step", "alone"):
+        statuses = {r.key[-1]: r.status for r in ledger.tasks(ENV, manifest)}
+        assert statuses == {
+            "a": "submitting",
+            "b": "submitting",
+            "c": "planned",
+            "d": "submitting",
+            "e": "submitting",
+        }
+        reserved = ledger.task(ENV, f"{manifest}-b")
+        assert reserved is not None
+        assert reserved.cost_reserved == Decimal("0.05")
+        # The evidence of each granted reservation is in its event, as when alone.
+        (event,) = [e for e in ledger.events(ENV, f"{manifest}-d") if e["status"] == "submitting"]
+        assert '"committed":"0.1328"' in event["detail"]
+
+
+def test_a_step_of_intents_holds_the_fleets_in_flight_limit_and_claims(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row(f"mvb1-{n}") for n in range(5)])
+    assert ledger.claim(ENV, "mvb1-0", "w2", 60.0) is None  # not in flight: nothing to hold
+    held = ledger.record_intent(
+        ENV,
+        "mvb1-0",
+        previous="planned",
+        submit_key="mvb1-0",
+        attempt=0,
+        run_id=None,
+        worker="w2",
+        lease=60.0,
+    )
+    assert held.granted
+    ledger.record_rejected(ENV, "mvb1-0", error="no", http_status=400, run_id=None)
+    step = ledger.record_intents(
+        ENV,
+        [Intent(f"mvb1-{n}", "planned", f"mvb1-{n}", 0, in_flight_limit=2) for n in (1, 2, 3)],
+        run_id=None,
+        worker="w1",
+        lease=60.0,
+    )
+    assert [(r.granted, r.busy) for r in step] == [(True, False), (True, False), (False, True)]
+    assert [t.status for t in ledger.tasks(ENV, "demo")] == [
+        "rejected",
+        "submitting",
+        "submitting",
+        "planned",
+        "planned",
+    ]
+    # Another worker's live claim is refused as stale, in a step like alone.
+    ledger.record_intent(
+        ENV,
+        "mvb1-4",
+        previous="planned",
+        submit_key="mvb1-4",
+        attempt=0,
+        run_id=None,
+        worker="w2",
+        lease=60.0,
+    )
+    (resend,) = ledger.record_intents(
+        ENV, [Intent("mvb1-4", "submitting", "mvb1-4", 0)], run_id=None, worker="w1", lease=60.0
+    )
+    assert resend.stale
+
+
+def test_a_step_with_a_key_twice_records_nothing(ledger: Ledger) -> None:
+    ledger.ensure_tasks(ENV, [row("mvb1-a"), row("mvb1-b")])
+    twice = [Intent(k, "planned", k, 0) for k in ("mvb1-a", "mvb1-b", "mvb1-a")]
+    with pytest.raises(ValueError, match="at most once per step"):
+        ledger.record_intents(ENV, twice, run_id=None)
+    assert {t.status for t in ledger.tasks(ENV, "demo")} == {"planned"}
+    assert ledger.record_intents(ENV, [], run_id=None) == []
+
+
 def test_both_backends_have_the_same_tables_and_columns(tmp_path: Path, pg_url: str) -> None:
     """The schema test on both: a column added to one backend's migrations only fails here."""
     with SqliteLedger(tmp_path / "state") as lite:
@@ -407,3 +516,17 @@ def test_a_ledger_location_is_a_folder_a_file_or_a_url(tmp_path: Path, pg_url: s
     assert str(password) not in describe(pg_url)
     with pytest.raises(ConfigError, match="SQLite file or a postgresql:// URL"):
         open_ledger("mysql://user:pw@host/db")
+
+
+def test_a_lost_database_is_said_plainly_without_the_password(pg_url: str) -> None:
+    password = str(psycopg.conninfo.conninfo_to_dict(pg_url)["password"])
+    with PostgresLedger(pg_url) as ledger:
+        ledger.ensure_tasks(ENV, [row("mvb1-a")])
+        pid = ledger.conn.info.backend_pid
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(ConfigError, match="lost the ledger") as lost:
+            ledger.tasks(ENV, "demo")
+        assert password not in str(lost.value)
+        with pytest.raises(ConfigError, match="lost the ledger"):
+            ledger.record_verdict(ENV, "mvb1-a", "approved", None)

@@ -231,11 +231,9 @@ mode = "std"
 
 def test_motion_control_is_priced_by_the_local_reference_length(tmp_path: Path) -> None:
     write_mp4(tmp_path / "ref.mp4", 6)
-    import httpx
+    from mvbatch.commands.planning import reference_probe, url_client
 
-    from mvbatch.commands.planning import reference_probe
-
-    with httpx.Client() as client:
+    with url_client() as client:
         planned = _plan(
             tmp_path,
             MOTION.format(video="@ref.mp4", orientation="image"),
@@ -247,11 +245,9 @@ def test_motion_control_is_priced_by_the_local_reference_length(tmp_path: Path) 
 
 def test_motion_control_reference_too_long_for_orientation(tmp_path: Path) -> None:
     write_mp4(tmp_path / "ref.mp4", 12)
-    import httpx
+    from mvbatch.commands.planning import reference_probe, url_client
 
-    from mvbatch.commands.planning import reference_probe
-
-    with httpx.Client() as client, pytest.raises(ManifestError) as caught:
+    with url_client() as client, pytest.raises(ManifestError) as caught:
         _plan(
             tmp_path,
             MOTION.format(video="@ref.mp4", orientation="image"),
@@ -259,7 +255,7 @@ def test_motion_control_reference_too_long_for_orientation(tmp_path: Path) -> No
         )
     assert "12.000 s long" in caught.value.message
     assert "3-10 s" in caught.value.message
-    with httpx.Client() as client:
+    with url_client() as client:
         planned = _plan(
             tmp_path,
             MOTION.format(video="@ref.mp4", orientation="video"),

@@ -136,3 +136,35 @@ def test_observing_learns_within_a_run() -> None:
 
 def test_latency_class_names_model_tier_and_length() -> None:
     assert latency_class('kling-v2-6 {"mode":"std"}', 5) == 'kling-v2-6 {"mode":"std"} 5s'
+
+
+def fixed_interval(latencies: list[float], interval: float) -> tuple[float, float]:
+    """(mean GETs per task, mean delay / mean latency) of a script that GETs every `interval` s."""
+    gets = [math.ceil(latency / interval) for latency in latencies]
+    delay = sum(n * interval - latency for n, latency in zip(gets, latencies, strict=True))
+    return sum(gets) / len(latencies), delay / sum(latencies)
+
+
+def test_a_minute_long_class_is_noticed_within_seconds_not_a_share_of_its_latency() -> None:
+    # A script polling every 2 s is ~1 s late on any task. Past LONG_LATENCY,
+    # the schedule values a second of lateness the same whatever the class's
+    # length, so a one-minute class is not left ~13 % (8 s) late.
+    latencies = lognormal(3000, median=60.0, seed=2)
+    book = LatencyBook({"c": lognormal(300, median=60.0)})
+    gets, delay = simulate(book, "c", latencies)
+    mean = sum(latencies) / len(latencies)
+    assert delay * mean <= 2.0
+    script_gets, _ = fixed_interval(latencies, 2.0)
+    assert gets <= 0.5 * script_gets
+
+
+def test_lateness_in_seconds_stays_bounded_as_classes_grow_longer() -> None:
+    late = []
+    for median in (20.0, 60.0, 180.0):
+        latencies = lognormal(2000, median=median, seed=3)
+        book = LatencyBook({"c": lognormal(300, median=median)})
+        _, delay = simulate(book, "c", latencies)
+        late.append(delay * sum(latencies) / len(latencies))
+    # Nine times the latency, not nine times the lateness (shares: 13 % each).
+    assert max(late) <= 2 * min(late)
+    assert max(late) <= 2.5

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import gc
 import io
 import json
+import tracemalloc
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -30,8 +32,9 @@ from mvbatch.ledger import Ledger, open_ledger
 from mvbatch.money import duration, usd
 from mvbatch.plan.planner import Plan
 from mvbatch.report.build import build_report
-from mvbatch.report.command import ReportResult, finish_run, write_report
+from mvbatch.report.command import ReportResult, finish_run, write_report, write_reports
 from mvbatch.report.formats import md_cell
+from mvbatch.report.model import OutputEntry, Report, TaskEntry
 from mvbatch.settings import Settings
 
 DEMO = """
@@ -582,3 +585,84 @@ def test_a_run_downloads_as_tasks_succeed_then_reports(settings: Settings, plan:
     assert result.downloads is not None
     assert (result.downloads.downloaded, result.downloads.kept) == (5, 0)  # none twice
     assert read_json(settings)["totals"]["downloads"]["downloaded"] == 5
+
+
+# ----------------------------------------------------------- scale
+
+
+def synthetic_report(tasks: int) -> Report:
+    """`tasks` tasks as a finished simulated run leaves them, 24 variants a shot: most
+    succeeded (videos not downloaded), every 10th failed, every 7th charged off plan."""
+    variants = [
+        (("model", model), ("mode", mode), ("duration", seconds), ("aspect_ratio", aspect))
+        for model in ("kling-v2-6", "kling-v3-omni")
+        for mode in ("std", "pro")
+        for seconds in (5, 10)
+        for aspect in ("16:9", "9:16", "1:1")
+    ]
+    entries = []
+    for n in range(tasks):
+        shot = f"shot-{n // len(variants):05d}"
+        variant = variants[n % len(variants)]
+        failed = n % 10 == 0
+        entries.append(
+            TaskEntry(
+                f"mvb1-{n:032x}",
+                shot,
+                (shot,),
+                variant,
+                1,
+                str(variant[0][1]),
+                {"prompt": f"Shot {shot}: a silver car in neon rain", "mode": variant[1][1]},
+                "failed" if failed else "succeeded",
+                Decimal("0.21"),
+                f'{variant[0][1]} {{"mode":"{variant[1][1]}"}}',
+                "documented",
+                False,
+                task_id=f"task_{n:024x}",
+                cost_estimate_server=Decimal("0.21"),
+                cost_actual=Decimal(0) if failed else Decimal("0.22" if n % 7 == 0 else "0.21"),
+                error="The prompt was rejected by moderation." if failed else None,
+                submitted_at="2026-12-07T10:00:00+00:00",
+                finished_at=f"2026-12-07T10:00:{n % 50 + 5:02d}+00:00",
+                billed_seconds=Decimal(variant[2][1]),
+                outputs=() if failed else (OutputEntry(0, url(n), None, None, None),),
+            )
+        )
+    shots = tuple(dict.fromkeys(e.shot for e in entries))
+    prompts = {shot: f"Shot {shot}: a silver car in neon rain" for shot in shots}
+    return Report("scale", "sim", tuple(entries), shots, prompts, "2026-12-07T10:00:00+00:00")
+
+
+def peak_of_writing(tasks: int, folder: Path) -> int:
+    """Peak traced memory (tracemalloc) of writing the four files of a built report."""
+    report = synthetic_report(tasks)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        write_reports(report, folder)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_writing_a_report_takes_memory_that_does_not_grow_with_its_tasks(
+    tmp_path: Path,
+) -> None:
+    """The files are streamed: what writing holds at once is the same at 2k and 20k tasks.
+
+    What is measured is the writing, from a built `Report`: the model holds
+    every task by design (a report of all tasks needs them all), so its size
+    grows with the tasks; before the writers were streamed, writing held
+    each whole file as text (and a redacted copy of it) besides, about 5 KB
+    more per task. The contact sheet renders at most `SHEET_TAKES` takes, so
+    the 2,000 of the smaller report are as many as the larger one shows.
+    """
+    peak_of_writing(100, tmp_path / "warm")  # Jinja compiles its templates once
+    small = peak_of_writing(2_000, tmp_path / "small")
+    large = peak_of_writing(20_000, tmp_path / "large")
+    assert large <= 1.5 * small, f"2k tasks: {small / 1e6:.1f} MB, 20k: {large / 1e6:.1f} MB"
+    # The stream is the document, whole.
+    document = json.loads((tmp_path / "small" / "report.json").read_text())
+    assert document == json.loads(json.dumps(synthetic_report(2_000).document()))
+    assert len(json.loads((tmp_path / "large" / "report.json").read_text())["tasks"]) == 20_000

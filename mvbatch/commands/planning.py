@@ -10,12 +10,11 @@ Must not: send anything but the header requests of reference videos.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from mvbatch.commands import folders
 from mvbatch.commands.selection import Kind, Selection, select
@@ -27,11 +26,43 @@ from mvbatch.plan.planner import Plan, ReferenceProbe, plan
 from mvbatch.plan.pricing import PriceBook
 from mvbatch.settings import Settings
 
-PROBE_TIMEOUT = httpx.Timeout(5.0, connect=3.0)
+if TYPE_CHECKING:
+    import httpx
+
+# Seconds: (connect, every other operation) of a reference URL's header requests.
+PROBE_TIMEOUT = (3.0, 5.0)
 
 
-def reference_probe(client: httpx.Client) -> ReferenceProbe:
-    """Reads a reference video's length once per file or URL, header bytes only."""
+@contextmanager
+def url_client() -> Iterator[Callable[[], httpx.Client]]:
+    """The client for reference URLs, made (and httpx imported) only if one is probed.
+
+    No Authorization header: reference videos live on other hosts.
+    """
+    made: list[httpx.Client] = []
+
+    def client() -> httpx.Client:
+        if not made:
+            import httpx
+
+            connect, other = PROBE_TIMEOUT
+            made.append(
+                httpx.Client(timeout=httpx.Timeout(other, connect=connect), follow_redirects=True)
+            )
+        return made[0]
+
+    try:
+        yield client
+    finally:
+        for each in made:
+            each.close()
+
+
+def reference_probe(client: Callable[[], httpx.Client]) -> ReferenceProbe:
+    """Reads a reference video's length once per file or URL, header bytes only.
+
+    `client` gives the HTTP client for URLs (`url_client`), asked for only when one is probed.
+    """
     seen: dict[str, mp4.ProbeResult] = {}
 
     def probe(reference: media.LocalFile | str) -> mp4.ProbeResult:
@@ -41,7 +72,7 @@ def reference_probe(client: httpx.Client) -> ReferenceProbe:
             if reference.startswith("data:"):
                 seen[reference] = mp4_probe.probe_data_uri(reference)
             elif reference.startswith(("http://", "https://")):
-                seen[reference] = mp4_probe.probe_url_sync(client, reference)
+                seen[reference] = mp4_probe.probe_url_sync(client(), reference)
             else:
                 seen[reference] = mp4.ProbeResult(None, detail="not an http(s) or data: URL")
         return seen[reference]
@@ -65,8 +96,7 @@ def build_plan(path: Path, settings: Settings, env: str | None = None) -> Plan:
         target, sha, keys = planfile.read(path)
         reviewed = (sha, keys)
     loaded = manifest.load(target)
-    # No Authorization header here: reference videos live on other hosts.
-    with httpx.Client(timeout=PROBE_TIMEOUT, follow_redirects=True) as client:
+    with url_client() as client:
         result = plan(loaded, PriceBook(learned_rates(settings, env)), reference_probe(client))
     if reviewed is not None:
         planfile.check_unchanged(path, result, *reviewed)

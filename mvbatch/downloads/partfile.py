@@ -171,11 +171,14 @@ def _compared(info: os.stat_result, size: int, sha256: str, actual: str) -> Foun
 # ------------------------------------------------------------- a full disk
 
 
-def disk_full(error: BaseException, folder: Path, what: str, needed: int | None) -> DiskFull | None:
+def disk_full(
+    error: BaseException, folder: Path, what: str, needed: int | None, *, about: bool = False
+) -> DiskFull | None:
     """The `DiskFull` that `error` means (ENOSPC, EDQUOT), or None for any other error.
 
     `folder` is where `what` (a video, a report) could not be written, and
-    `needed` the bytes it needs; the message adds what is free there now.
+    `needed` the bytes it needs (`about`: an estimate); the message adds what is
+    free there now.
     """
     if not isinstance(error, OSError) or error.errno not in DISK_FULL_ERRNOS:
         return None
@@ -185,6 +188,8 @@ def disk_full(error: BaseException, folder: Path, what: str, needed: int | None)
     except OSError:
         free = "free space unknown"
     need = "its size unknown" if needed is None else f"{needed:,} bytes needed"
+    if about and needed is not None:
+        need = f"about {need}"
     return DiskFull(
         f"the disk is full: cannot write {what} in {folder} ({need}, {free}; "
         f"{error.strerror or 'no space left'})",

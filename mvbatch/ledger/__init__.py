@@ -14,6 +14,7 @@ stage (api, run, downloads, report, ui): it sits below them all.
     rows.py        TaskRow, Output, the statuses, committed_cost (pure data)
     charges.py     what a failed task cost, in the words every view shares
     interface.py   the Ledger protocol
+    reserve.py     intents decided under the write lock (cap, claims, in-flight limit), in steps
     sqlite.py      SqliteLedger, on ledger.sqlite under the state folder
     connection.py  the SQLite file and connection: made whole, checked at open (a damaged
                    ledger is copied aside, never changed), backed up; WAL, BEGIN IMMEDIATE
@@ -37,6 +38,7 @@ from mvbatch.ledger.rows import (
     IN_FLIGHT,
     STATUSES,
     VERDICTS,
+    Intent,
     Output,
     Reservation,
     TaskRow,
@@ -52,6 +54,7 @@ __all__ = [
     "IN_FLIGHT",
     "STATUSES",
     "VERDICTS",
+    "Intent",
     "Ledger",
     "Output",
     "Reservation",

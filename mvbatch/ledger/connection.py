@@ -22,10 +22,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from mvbatch.errors import ConfigError, LedgerDamaged
+
+if TYPE_CHECKING:  # imported where a database is opened: start-up is quicker
+    import sqlite_utils
 
 FILE_NAME = "ledger.sqlite"
 BACKUP_SUFFIX = ".bak"  # ledger.sqlite.bak: a copy taken after each run that ended
@@ -248,6 +250,8 @@ def connect(path: Path) -> sqlite_utils.Database:
     conn = sqlite3.connect(
         path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False
     )
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     db.execute("PRAGMA journal_mode=WAL")
     # In WAL mode, NORMAL loses nothing committed when the *process* dies

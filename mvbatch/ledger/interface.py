@@ -2,8 +2,8 @@
 
 Owns: the list of operations the executor, the downloader, the reporter,
 `status` and the commands use, each with the guarantee it makes. Every
-backend implements all of them (today `SqliteLedger`; a PostgreSQL one for a
-fleet of workers is planned). Must not: name a backend, a table or a query.
+backend implements all of them (`SqliteLedger`, and `PostgresLedger` for a
+fleet of workers). Must not: name a backend, a table or a query.
 
 The guarantees every backend keeps:
 
@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, Self
 
-from mvbatch.ledger.rows import Output, Reservation, TaskRow, Verdict
+from mvbatch.ledger.rows import Intent, Output, Reservation, TaskRow, Verdict
 
 
 class Ledger(Protocol):
@@ -132,6 +132,31 @@ class Ledger(Protocol):
         `in_flight_limit`, a new submission is refused (`Reservation.busy`)
         while the manifest has that many tasks in flight, every worker's
         counted, in the same step: the fleet's concurrency.
+        """
+        ...
+
+    def record_intents(
+        self,
+        env: str,
+        intents: Sequence[Intent],
+        *,
+        run_id: int | None,
+        cap: Decimal | None = None,
+        worker: str | None = None,
+        lease: float | None = None,
+    ) -> list[Reservation]:
+        """Many tasks' intents in one step: each answered as `record_intent` would answer it.
+
+        The intents are decided in order, under one write lock, each on the
+        ledger as it stood plus the intents granted before it in the step: the
+        cap reservation stays exact (what was committed + this step's grants +
+        this task's estimate ≤ `cap`; a task that does not fit is refused on
+        its own and a later, smaller one may still fit), and so do the
+        in-flight count (`Intent.in_flight_limit`) and every stale, claimed or
+        busy refusal, task by task. The answers come in the intents' order.
+        All of it is committed when the call returns, or none of it: every
+        granted intent is committed before any of their POSTs may be sent. A
+        key given twice raises `ValueError` and records nothing.
         """
         ...
 
@@ -274,6 +299,11 @@ class Ledger(Protocol):
         lease is over (on the ledger's clock); a task not in flight is never
         claimed. One step: two workers never both take it.
         """
+        ...
+
+    def abandoned(self, env: str, manifest: str, worker: str) -> list[TaskRow]:
+        """The manifest's tasks in flight that no live worker holds (other than `worker`):
+        held by none, or by one whose lease is over. What a worker may take over."""
         ...
 
     def renew(self, env: str, worker: str, lease: float) -> int:

@@ -17,13 +17,15 @@ schema version.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from mvbatch.ledger.connection import now, transaction
 from mvbatch.ledger.queries import QUERIES as Q
 
-Migration = Callable[[sqlite_utils.Database], None]
+if TYPE_CHECKING:  # imported where a database is opened: start-up is quicker
+    import sqlite_utils
+
+Migration = Callable[["sqlite_utils.Database"], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
 
 # The table of applied migrations, created before the first one. Its text is

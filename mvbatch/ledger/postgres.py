@@ -10,11 +10,12 @@ Every write is one transaction (autocommit off only inside `with
 transaction()`), so a worker that dies mid-step (`kill -9`, a lost network)
 leaves the whole step or none of it: PostgreSQL rolls back what a closed
 connection did not commit. The cap holds across the fleet as the SQLite
-ledger's write lock holds it across processes: a reservation takes a
-transaction-scoped advisory lock on its manifest, sums what every worker has
-committed, and records the intent only if it fits, before the lock is let go
-at commit. The task's own row is locked (`FOR UPDATE`) for the step, so two
-workers never both move a task on from the status they read.
+ledger's write lock holds it across processes: a step of intents
+(`record_intents`) takes a transaction-scoped advisory lock on each manifest
+it touches, sums what every worker has committed, and records each intent only
+if it fits, before the locks are let go at commit. The step's own rows are
+locked (`FOR UPDATE`, in key order) for the step, so two workers never both
+move a task on from the status they read.
 
 Values are stored as SQLite stores them (decimal and JSON text, ISO times),
 so `codec.task_row` reads either backend's rows and reports are the same.
@@ -36,9 +37,10 @@ from mvbatch.ledger.codec import as_json, money, task_row
 from mvbatch.ledger.codec import committed as group_committed
 from mvbatch.ledger.connection import now
 from mvbatch.ledger.queries import QUERIES, parse
+from mvbatch.ledger.reserve import Step, distinct_keys, intent_writes, standing
 from mvbatch.ledger.rows import (
-    FAILED,
     VERDICTS,
+    Intent,
     Output,
     Reservation,
     TaskRow,
@@ -294,12 +296,27 @@ class PostgresLedger:
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        """One step, all or nothing."""
-        with self.conn.transaction():
+        """One step, all or nothing; a lost database is `ConfigError`, password hidden."""
+        with self._reachable(), self.conn.transaction():
             yield self.conn
 
     def _rows(self, name: str, values: Mapping[str, Any]) -> list[dict[str, Any]]:
-        return self.conn.execute(Q[name], dict(values)).fetchall()
+        with self._reachable():
+            return self.conn.execute(Q[name], dict(values)).fetchall()
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """A connection lost mid-run (a network gone, the server restarted) is said plainly:
+        this worker stops (exit 4) and, its lease run out, others take its tasks over."""
+        import psycopg
+
+        try:
+            yield
+        except psycopg.OperationalError as error:
+            raise ConfigError(
+                f"lost the ledger at {shown(self.url)}: {_without_secret(str(error), self.url)}",
+                hint="what was recorded is safe; run the same command again once it is back",
+            ) from None
 
     def integrity_check(self) -> str:
         return "ok"
@@ -423,103 +440,53 @@ class PostgresLedger:
         lease: float | None = None,
         in_flight_limit: int | None = None,
     ) -> Reservation:
-        task = {"env": env, "key": key}
-        with self.transaction() as db:
-            row = self._locked_row(db, env, key)
-            clock = self._clock(db)
-            reservation = self._reserve(
-                db,
-                row,
-                previous=previous,
-                attempt=attempt,
-                estimate=estimate,
-                cap=cap,
-                claim=(worker, clock),
-                in_flight_limit=in_flight_limit,
-            )
-            if not reservation.granted:
-                return reservation  # nothing written
-            if attempt > 0 and previous in FAILED:
-                prior = row.committed if row is not None else Decimal(0)
-                db.execute(Q["forget_attempt"], {**task, "cost_prior": money(prior) or "0"})
-                db.execute(Q["forget_outputs"], task)
-            change: dict[str, Any] = {"submit_key": submit_key, "attempt": attempt}
-            if reservation.committed is not None:
-                change |= {
-                    "reserved": money(reservation.estimate),
-                    "committed": money(reservation.committed),
-                    "cap": money(reservation.cap),
-                }
-            reserved = row.cost_reserved if previous == "submitting" and row else estimate
-            values = {
-                **task,
-                **change,
-                "cost_reserved": money(reserved),
-                "run_id": run_id,
-                "worker": worker,
-                "lease_until": None if worker is None else clock + (lease or 0.0),
-            }
-            self._transition(
-                db,
-                "record_intent",
-                {**values, "stamp": now()},
-                previous=previous,
-                status="submitting",
-                run_id=run_id,
-                detail=change,
-            )
-            return reservation
+        intent = Intent(key, previous, submit_key, attempt, estimate, in_flight_limit)
+        return self.record_intents(
+            env, [intent], run_id=run_id, cap=cap, worker=worker, lease=lease
+        )[0]
 
-    def _locked_row(
-        self, db: psycopg.Connection[dict[str, Any]], env: str, key: str
-    ) -> TaskRow | None:
-        """The task's row, locked for this step; its manifest's cap locked first."""
-        found = db.execute(Q["task"], {"env": env, "key": key}).fetchone()
-        if found is None:
-            return None
-        # Always the manifest lock before the row lock, in every step that takes
-        # both: two workers never wait on each other in opposite orders.
-        db.execute(Q["lock_manifest"], {"env": env, "manifest": found["manifest"]})
-        locked = db.execute(Q["task_for_update"], {"env": env, "key": key}).fetchone()
-        return task_row(locked) if locked is not None else None
-
-    @staticmethod
-    def _reserve(
-        db: psycopg.Connection[dict[str, Any]],
-        row: TaskRow | None,
+    def record_intents(
+        self,
+        env: str,
+        intents: Sequence[Intent],
         *,
-        previous: str,
-        attempt: int,
-        estimate: Decimal | None,
-        cap: Decimal | None,
-        claim: tuple[str | None, float],
-        in_flight_limit: int | None,
-    ) -> Reservation:
-        """Hold the task's estimate against the cap, the manifest's lock held (see sqlite.py)."""
-        if row is None:
-            return Reservation(False, estimate or Decimal(0), None, cap, stale=True)
-        amount = row.estimate_local if estimate is None else estimate
-        if row.status != previous or (previous in FAILED and row.attempt >= attempt):
-            return Reservation(False, amount, None, cap, stale=True)
-        worker, clock = claim
-        held = row.claimed_by not in (None, worker) and (row.lease_until or 0.0) > clock
-        if held:  # another worker holds it and is alive: it is theirs to send
-            return Reservation(False, amount, None, cap, stale=True)
-        if in_flight_limit is not None and previous != "submitting":
-            busy = _first(
-                db,
-                Q["in_flight_of_manifest"],
-                {"env": row.env, "manifest": row.manifest, "key": row.key},
+        run_id: int | None,
+        cap: Decimal | None = None,
+        worker: str | None = None,
+        lease: float | None = None,
+    ) -> list[Reservation]:
+        keys = distinct_keys(intents)
+        if not keys:
+            return []
+        values = {"env": env, "keys": as_json(keys)}
+        with self.transaction() as db:
+            # Always the manifests' locks before the rows' (in key order), in
+            # every step that takes both: two workers never wait on each other
+            # in opposite orders. The caps stay locked until the step commits.
+            for found in db.execute(Q["manifests_of_keys"], values).fetchall():
+                db.execute(Q["lock_manifest"], {"env": env, "manifest": found["manifest"]})
+            rows = {r["key"]: standing(r) for r in db.execute(Q["intent_rows"], values)}
+            in_flight = {r.manifest: r.in_flight for r in rows.values()}
+
+            def committed(manifest: str) -> Decimal:
+                found = db.execute(
+                    Q["committed_of_manifest"], {"env": env, "manifest": manifest}
+                ).fetchall()
+                return sum((group_committed(g) for g in found), Decimal(0))
+
+            step = Step(cap, worker, self._clock(db), in_flight.__getitem__, committed)
+            answers = [step.decide(rows.get(i.key), i) for i in intents]
+            writes = intent_writes(
+                env, intents, answers, rows, run_id, worker, step.clock, lease, now()
             )
-            if int(busy) >= in_flight_limit:
-                return Reservation(False, amount, None, cap, busy=True)
-        if cap is None or previous == "submitting":
-            return Reservation(True, amount, None, cap)
-        found = db.execute(
-            Q["committed_of_manifest"], {"env": row.env, "manifest": row.manifest}
-        ).fetchall()
-        committed = sum((group_committed(r) for r in found), Decimal(0))
-        return Reservation(committed + amount <= cap, amount, committed, cap)
+            for forget in writes.forget:
+                db.execute(Q["forget_attempt"], forget)
+                db.execute(Q["forget_outputs"], {"env": env, "key": forget["key"]})
+            with db.cursor() as cursor:
+                if writes.changes:
+                    cursor.executemany(Q["record_intent"], writes.changes)
+                    cursor.executemany(Q["append_event"], writes.events)
+            return answers
 
     def record_submitted(
         self,
@@ -732,6 +699,11 @@ class PostgresLedger:
                 return None
             found = db.execute(Q["task"], {"env": env, "key": key}).fetchone()
             return task_row(found) if found is not None else None
+
+    def abandoned(self, env: str, manifest: str, worker: str) -> list[TaskRow]:
+        with self.transaction() as db:
+            values = {"env": env, "manifest": manifest, "worker": worker, "now": self._clock(db)}
+            return [task_row(r) for r in db.execute(Q["abandoned"], values).fetchall()]
 
     def renew(self, env: str, worker: str, lease: float) -> int:
         with self.transaction() as db:

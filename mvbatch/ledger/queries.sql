@@ -63,6 +63,19 @@ INSERT OR IGNORE INTO tasks (
     :rerolled_from
 );
 
+-- name: intent_rows
+-- What a step of intents needs of each task's row (`reserve.standing`), with how
+-- many of its manifest's tasks are in flight, whichever worker holds them: :keys
+-- is a JSON array of keys.
+SELECT key, manifest, status, attempt, claimed_by, lease_until, estimate_local,
+    cost_reserved, cost_estimate, cost_actual, cost_prior,
+    (
+        SELECT count(*) FROM tasks AS flying
+        WHERE flying.env = tasks.env AND flying.manifest = tasks.manifest
+            AND flying.status IN ('submitting', 'queued', 'processing')
+    ) AS in_flight
+FROM tasks WHERE env = :env AND key IN (SELECT value FROM json_each(:keys));
+
 -- name: forget_attempt
 -- A new attempt starts clean: the old one's answer goes, its spend moves to cost_prior.
 UPDATE tasks SET
@@ -201,17 +214,17 @@ JOIN (
 -- name: verdict_history
 SELECT key, at, verdict, note FROM verdicts WHERE env = :env AND key = :key ORDER BY id;
 
--- name: in_flight_of_manifest
--- How many of the manifest's tasks are in flight, whichever worker holds them.
-SELECT count(*) AS n FROM tasks
-WHERE env = :env AND manifest = :manifest
-    AND status IN ('submitting', 'queued', 'processing') AND key != :key;
-
 -- name: claim
 -- Take a task in flight: free, ours, or its holder's lease is over.
 UPDATE tasks SET claimed_by = :worker, lease_until = :lease_until
 WHERE env = :env AND key = :key AND status IN ('submitting', 'queued', 'processing')
     AND (claimed_by IS NULL OR claimed_by = :worker OR lease_until <= :now);
+
+-- name: abandoned
+-- The manifest's tasks in flight that no live worker holds: none does, or its lease is over.
+SELECT * FROM tasks
+WHERE env = :env AND manifest = :manifest AND status IN ('submitting', 'queued', 'processing')
+    AND (claimed_by IS NULL OR (claimed_by != :worker AND lease_until <= :now));
 
 -- name: renew
 -- A worker's heartbeat: every task it holds in flight is held a lease longer.

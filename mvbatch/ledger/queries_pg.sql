@@ -32,9 +32,25 @@ INSERT INTO tasks (
     :rerolled_from
 ) ON CONFLICT (env, key) DO NOTHING;
 
--- name: task_for_update
--- The task's row, locked until the step commits: no other worker changes it meanwhile.
-SELECT * FROM tasks WHERE env = :env AND key = :key FOR UPDATE;
+-- name: intent_rows
+-- The rows of a step of intents, locked until it commits, in key order (two
+-- workers' steps never wait on each other in opposite orders).
+SELECT key, manifest, status, attempt, claimed_by, lease_until, estimate_local,
+    cost_reserved, cost_estimate, cost_actual, cost_prior,
+    (
+        SELECT count(*) FROM tasks AS flying
+        WHERE flying.env = tasks.env AND flying.manifest = tasks.manifest
+            AND flying.status IN ('submitting', 'queued', 'processing')
+    ) AS in_flight
+FROM tasks
+WHERE env = :env AND key IN (SELECT json_array_elements_text(CAST(:keys AS json)))
+ORDER BY key FOR UPDATE;
+
+-- name: manifests_of_keys
+-- The manifests a step of intents touches, to lock their caps before the rows.
+SELECT DISTINCT manifest FROM tasks
+WHERE env = :env AND key IN (SELECT json_array_elements_text(CAST(:keys AS json)))
+ORDER BY manifest;
 
 -- name: lock_manifest
 -- Reservations against one manifest's cap, one at a time across the fleet:

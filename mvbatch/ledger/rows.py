@@ -1,9 +1,10 @@
 """What the ledger hands out: task rows, outputs, the statuses, what a task costs.
 
-Owns: the shapes every backend returns (`TaskRow`, `Output`, `Reservation`),
-the task statuses and their groups, and `committed_cost`, the one rule for
-how much a task stands for. Pure data: no SQL, no I/O, nothing about how a backend stores
-a value (that decoding lives with the backend).
+Owns: the shapes every backend takes and returns (`Intent`, `TaskRow`,
+`Output`, `Reservation`), the task statuses and their groups, and
+`committed_cost`, the one rule for how much a task stands for. Pure data: no
+SQL, no I/O, nothing about how a backend stores a value (that decoding lives
+with the backend).
 
 A task's life (`status`); every change appends an event:
 
@@ -139,6 +140,24 @@ def committed_cost(
     if status in ("failed", "cancelled"):
         return Decimal(0)
     return local
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """One task about to be POSTed: what `Ledger.record_intents` records for it.
+
+    `previous` is the status the caller saw (the step is refused as stale if
+    the row moved on since); `estimate` is ours (None: the plan's); with
+    `in_flight_limit`, a task not yet in flight is refused (`busy`) while the
+    manifest has that many in flight, every worker's counted.
+    """
+
+    key: str
+    previous: str
+    submit_key: str
+    attempt: int
+    estimate: Decimal | None = None
+    in_flight_limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,33 +16,43 @@ migrations (`migrations.py`).
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Self
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Self
 
 from mvbatch.ledger import connection, migrations
 from mvbatch.ledger.codec import as_json, money, task_row
 from mvbatch.ledger.codec import committed as group_committed
 from mvbatch.ledger.connection import FILE_NAME, now
 from mvbatch.ledger.queries import QUERIES as Q
+from mvbatch.ledger.reserve import Step, distinct_keys, intent_writes, standing
 from mvbatch.ledger.rows import (
-    FAILED,
     VERDICTS,
+    Intent,
     Output,
     Reservation,
     TaskRow,
     Verdict,
 )
 
+if TYPE_CHECKING:  # imported where a database is opened: start-up is quicker
+    import sqlite_utils
 
-def _first(db: sqlite_utils.Database, sql: str, values: Mapping[str, Any]) -> Any:
-    """The first column of the first row a query returns."""
-    return db.execute(sql, dict(values)).fetchone()[0]
+
+def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """A cursor's rows as dicts by column name."""
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _query(db: sqlite_utils.Database, sql: str, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows a read returns, as dicts. (sqlite-utils' `query` wraps each read in a
+    savepoint, in case it is not a read: two more statements per read, for nothing.)"""
+    return _dicts(db.conn.execute(sql, dict(values)))
 
 
 class SqliteLedger:
@@ -110,24 +120,24 @@ class SqliteLedger:
             )
 
     def last_run(self, manifest: str) -> dict[str, Any] | None:
-        rows = list(self.db.query(Q["last_run"], {"manifest": manifest}))
+        rows = list(_query(self.db, Q["last_run"], {"manifest": manifest}))
         return rows[0] if rows else None
 
     # -- tasks: reading
 
     def task(self, env: str, key: str) -> TaskRow | None:
-        rows = list(self.db.query(Q["task"], {"env": env, "key": key}))
+        rows = list(_query(self.db, Q["task"], {"env": env, "key": key}))
         return task_row(rows[0]) if rows else None
 
     def tasks(self, env: str, manifest: str | None = None) -> list[TaskRow]:
         if manifest is None:
-            found = self.db.query(Q["tasks_of_env"], {"env": env})
+            found = _query(self.db, Q["tasks_of_env"], {"env": env})
         else:
-            found = self.db.query(Q["tasks_of_manifest"], {"env": env, "manifest": manifest})
+            found = _query(self.db, Q["tasks_of_manifest"], {"env": env, "manifest": manifest})
         return [task_row(r) for r in found]
 
     def events(self, env: str, key: str) -> list[dict[str, Any]]:
-        return list(self.db.query(Q["events"], {"env": env, "key": key}))
+        return list(_query(self.db, Q["events"], {"env": env, "key": key}))
 
     # -- tasks: writing (one transaction per step, event included)
 
@@ -196,98 +206,49 @@ class SqliteLedger:
         lease: float | None = None,
         in_flight_limit: int | None = None,
     ) -> Reservation:
-        task = {"env": env, "key": key}
+        intent = Intent(key, previous, submit_key, attempt, estimate, in_flight_limit)
+        return self.record_intents(
+            env, [intent], run_id=run_id, cap=cap, worker=worker, lease=lease
+        )[0]
+
+    def record_intents(
+        self,
+        env: str,
+        intents: Sequence[Intent],
+        *,
+        run_id: int | None,
+        cap: Decimal | None = None,
+        worker: str | None = None,
+        lease: float | None = None,
+    ) -> list[Reservation]:
+        keys = distinct_keys(intents)
+        if not keys:
+            return []
         with self.transaction() as db:
             # The write lock is held from here: no other process can commit
-            # spend between the sum and the intent (check, lock, check again).
-            rows = list(db.query(Q["task"], task))
-            row = task_row(rows[0]) if rows else None
-            clock = self._clock(db)
-            reservation = self._reserve(
-                db,
-                row,
-                previous=previous,
-                attempt=attempt,
-                estimate=estimate,
-                cap=cap,
-                claim=(worker, clock),
-                in_flight_limit=in_flight_limit,
-            )
-            if not reservation.granted:
-                return reservation  # nothing written
-            if attempt > 0 and previous in FAILED:
-                # cost_prior + what the old attempt stands for
-                prior = row.committed if row is not None else Decimal(0)
-                db.execute(Q["forget_attempt"], {**task, "cost_prior": money(prior) or "0"})
-                db.execute(Q["forget_outputs"], task)
-            change: dict[str, Any] = {"submit_key": submit_key, "attempt": attempt}
-            if reservation.committed is not None:  # held against a cap: the evidence
-                change |= {
-                    "reserved": money(reservation.estimate),
-                    "committed": money(reservation.committed),
-                    "cap": money(reservation.cap),
-                }
-            # A re-send keeps what its first intent reserved.
-            reserved = row.cost_reserved if previous == "submitting" and row else estimate
-            values = {
-                **task,
-                **change,
-                "cost_reserved": money(reserved),
-                "run_id": run_id,
-                "worker": worker,
-                "lease_until": None if worker is None else clock + (lease or 0.0),
-            }
-            self._transition(
-                db,
-                "record_intent",
-                {**values, "stamp": now()},
-                previous=previous,
-                status="submitting",
-                run_id=run_id,
-                detail=change,
-            )
-            return reservation
+            # spend between the sums and the intents (check, lock, check again).
+            found = _query(db, Q["intent_rows"], {"env": env, "keys": as_json(keys)})
+            rows = {r["key"]: standing(r) for r in found}
+            in_flight = {r.manifest: r.in_flight for r in rows.values()}
 
-    @staticmethod
-    def _reserve(
-        db: sqlite_utils.Database,
-        row: TaskRow | None,
-        *,
-        previous: str,
-        attempt: int,
-        estimate: Decimal | None,
-        cap: Decimal | None,
-        claim: tuple[str | None, float],
-        in_flight_limit: int | None,
-    ) -> Reservation:
-        """Hold the task's estimate against the cap, with the write lock held.
+            def committed(manifest: str) -> Decimal:
+                values = {"env": env, "manifest": manifest}
+                groups = _query(db, Q["committed_of_manifest"], values)
+                return sum((group_committed(g) for g in groups), Decimal(0))
 
-        A re-send (`previous` is `submitting`) was reserved by its first intent.
-        """
-        if row is None:  # a key the ledger never saw: no intent could be recovered
-            return Reservation(False, estimate or Decimal(0), None, cap, stale=True)
-        amount = row.estimate_local if estimate is None else estimate
-        if row.status != previous or (previous in FAILED and row.attempt >= attempt):
-            # Another process moved the task on since this one read it (sent it,
-            # retried it, finished it): writing would undo that work.
-            return Reservation(False, amount, None, cap, stale=True)
-        worker, clock = claim
-        held = row.claimed_by not in (None, worker) and (row.lease_until or 0.0) > clock
-        if held:  # another worker holds it and is alive: it is theirs to send
-            return Reservation(False, amount, None, cap, stale=True)
-        if in_flight_limit is not None and previous != "submitting":
-            busy = _first(
-                db,
-                Q["in_flight_of_manifest"],
-                {"env": row.env, "manifest": row.manifest, "key": row.key},
+            step = Step(cap, worker, self._clock(db), in_flight.__getitem__, committed)
+            answers = [step.decide(rows.get(i.key), i) for i in intents]
+            writes = intent_writes(
+                env, intents, answers, rows, run_id, worker, step.clock, lease, now()
             )
-            if int(busy) >= in_flight_limit:
-                return Reservation(False, amount, None, cap, busy=True)
-        if cap is None or previous == "submitting":
-            return Reservation(True, amount, None, cap)
-        found = db.query(Q["committed_of_manifest"], {"env": row.env, "manifest": row.manifest})
-        committed = sum((group_committed(r) for r in found), Decimal(0))
-        return Reservation(committed + amount <= cap, amount, committed, cap)
+            # Every read is done: only now is anything written, so each intent
+            # was decided on the ledger as it stood plus the step's own grants.
+            for forget in writes.forget:
+                db.execute(Q["forget_attempt"], forget)
+                db.execute(Q["forget_outputs"], {"env": env, "key": forget["key"]})
+            db.conn.executemany(Q["record_intent"], writes.changes)
+            db.conn.executemany(Q["append_event"], writes.events)
+            return answers
 
     def record_submitted(
         self,
@@ -482,11 +443,11 @@ class SqliteLedger:
             )
 
     def outputs(self, env: str, key: str) -> list[Output]:
-        return [Output(**r) for r in self.db.query(Q["outputs"], {"env": env, "key": key})]
+        return [Output(**r) for r in _query(self.db, Q["outputs"], {"env": env, "key": key})]
 
     def undownloaded(self, env: str, manifest: str) -> set[str]:
         return {
-            r["key"] for r in self.db.query(Q["undownloaded"], {"env": env, "manifest": manifest})
+            r["key"] for r in _query(self.db, Q["undownloaded"], {"env": env, "manifest": manifest})
         }
 
     # -- claims: which worker holds a task in flight
@@ -503,7 +464,11 @@ class SqliteLedger:
             taken = db.execute(Q["claim"], {**values, "lease_until": clock + lease}).rowcount
             if not taken:
                 return None
-            return task_row(next(iter(db.query(Q["task"], {"env": env, "key": key}))))
+            return task_row(next(iter(_query(db, Q["task"], {"env": env, "key": key}))))
+
+    def abandoned(self, env: str, manifest: str, worker: str) -> list[TaskRow]:
+        values = {"env": env, "manifest": manifest, "worker": worker, "now": time.time()}
+        return [task_row(r) for r in _query(self.db, Q["abandoned"], values)]
 
     def renew(self, env: str, worker: str, lease: float) -> int:
         with self.transaction() as db:
@@ -528,11 +493,13 @@ class SqliteLedger:
         return Verdict(key, stamp, verdict, row["note"])
 
     def verdicts(self, env: str, manifest: str) -> dict[str, Verdict]:
-        found = self.db.query(Q["latest_verdicts"], {"env": env, "manifest": manifest})
+        found = _query(self.db, Q["latest_verdicts"], {"env": env, "manifest": manifest})
         return {r["key"]: Verdict(**r) for r in found}
 
     def verdict_history(self, env: str, key: str) -> list[Verdict]:
-        return [Verdict(**r) for r in self.db.query(Q["verdict_history"], {"env": env, "key": key})]
+        return [
+            Verdict(**r) for r in _query(self.db, Q["verdict_history"], {"env": env, "key": key})
+        ]
 
     # -- what the server taught us
 
@@ -551,11 +518,13 @@ class SqliteLedger:
     def learned_rates(self, env: str) -> dict[str, Decimal]:
         return {
             r["price_class"]: Decimal(r["usd_per_second"])
-            for r in self.db.query(Q["learned_rates"], {"env": env})
+            for r in _query(self.db, Q["learned_rates"], {"env": env})
         }
 
     def latencies(self, env: str, limit_per_class: int = 200) -> dict[str, list[float]]:
         found: dict[str, list[float]] = {}
-        for row in self.db.query(Q["latencies"], {"env": env, "limit_per_class": limit_per_class}):
+        for row in _query(
+            self.db, Q["latencies"], {"env": env, "limit_per_class": limit_per_class}
+        ):
             found.setdefault(row["latency_class"], []).append(row["seconds"])
         return found

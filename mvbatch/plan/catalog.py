@@ -17,12 +17,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from mvbatch import schemas
 from mvbatch.plan.media import LocalFile
+
+if TYPE_CHECKING:  # imported by the validators: a command that validates nothing skips it
+    import jsonschema
 
 IMAGE_REFERENCE = re.compile(r"<<<image_(\d+)>>>")
 
@@ -86,18 +87,21 @@ class Model:
 
 @cache
 def models() -> dict[str, Model]:
+    """The bundled models. Their schemas are checked against JSON Schema's own by
+    tests/test_catalog.py, not here: that check took 20 ms of every command's start."""
     root = schemas.data_dir()
     config = tomllib.loads((root / "catalog.toml").read_text(encoding="utf-8"))["models"]
     found: dict[str, Model] = {}
     for slug, extra in config.items():
         schema = json.loads((root / "models" / f"{slug}.json").read_text(encoding="utf-8"))
-        jsonschema.Draft202012Validator.check_schema(schema)
         found[slug] = Model.build(slug, schema, extra)
     return found
 
 
 @cache
 def _validator(slug: str) -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(models()[slug].schema)
 
 
@@ -120,6 +124,8 @@ _DECOMPOSABLE = frozenset(
 
 @cache
 def _field_validator(slug: str, name: str) -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     return jsonschema.Draft202012Validator(models()[slug].properties[name])
 
 

@@ -28,10 +28,12 @@ from collections.abc import Generator, Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-
-import httpx
+from typing import TYPE_CHECKING
 
 from mvbatch.plan.mp4 import ProbeResult, ProbeStop, Reason, probe_bytes, probe_reader
+
+if TYPE_CHECKING:  # imported by `probe_url_sync`: a plan without URLs never loads httpx
+    import httpx
 
 __all__ = [
     "DEFAULT_BUDGET",
@@ -139,6 +141,8 @@ def probe_url_sync(
     between network operations (each of which the client's own timeouts bound).
     ``bytes_read`` counts the bytes received, not only those the parser looked at.
     """
+    import httpx
+
     deadline = None if total_timeout is None else time.monotonic() + total_timeout
     ranges = _RangeReader(client, url, budget, deadline)
     try:

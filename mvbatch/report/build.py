@@ -6,7 +6,11 @@ manifest; shots in manifest order; each shot's prompt; whether each recorded
 video is on disk as recorded (a report never claims a file it has not seen:
 a stat, and the file's bytes when the stat changed, through the part file's
 rule `partfile.check_recorded_now`), each video's length, read from its own
-MP4 header; and why an output is not on disk.
+MP4 header; and why an output is not on disk. Every string a server gave
+(its task id, error message and output URLs) is redacted here, where it
+enters the report (`logs.redact_text`): `api.responses` redacts what it
+reads, and this holds for ledgers written before it did, so the files the
+report writes need no pass over every byte.
 
 Must not: write to the ledger or the output folder, reach the network, or
 format anything (`formats.py`, `html.py`).
@@ -18,7 +22,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import overload
 
+from mvbatch import logs
 from mvbatch.downloads import partfile
 from mvbatch.downloads.fetch import DownloadStats, Fetched
 from mvbatch.downloads.naming import contained, variant_pairs
@@ -137,12 +143,19 @@ def _from_row(
             seconds = mp4_probe.local_duration(folder / output.path)
             entries.append(
                 OutputEntry(
-                    output.idx, output.url, output.path, output.sha256, output.bytes, seconds
+                    output.idx,
+                    _redacted(output.url),
+                    output.path,
+                    output.sha256,
+                    output.bytes,
+                    seconds,
                 )
             )
         else:
-            why = failed_now.get(where) or gone
-            entries.append(OutputEntry(output.idx, output.url, None, None, None, None, why))
+            why = _redacted(failed_now.get(where) or gone)
+            entries.append(
+                OutputEntry(output.idx, _redacted(output.url), None, None, None, None, why)
+            )
     return TaskEntry(
         row.key,
         row.shot,
@@ -156,10 +169,10 @@ def _from_row(
         row.price_class,
         row.estimate_source,
         row.upper_bound,
-        row.task_id,
+        _redacted(row.task_id),
         row.cost_estimate,
         row.cost_actual,
-        row.error,
+        _redacted(row.error),
         row.submitted_at,
         row.finished_at,
         row.seconds,
@@ -169,6 +182,15 @@ def _from_row(
         row.cost_reserved,
         rerolled_from=row.rerolled_from,
     )
+
+
+@overload
+def _redacted(text: str) -> str: ...
+@overload
+def _redacted(text: str | None) -> str | None: ...
+def _redacted(text: str | None) -> str | None:
+    """A server's string with any secret taken out (`logs.redact_text`)."""
+    return None if text is None else logs.redact_text(text)
 
 
 def _not_on_disk(folder: Path, output: Output, *, seen: bool) -> str | None:

@@ -4,8 +4,8 @@ Owns: the two ways a report gets written: `finish_run` (the end of `mvbatch
 run`: the downloads catch up, then the reports) and `report_command` (`mvbatch
 report`: verify or fetch the videos through the downloader, then the
 reports); writing report.json, report.csv, report.md and report.html into
-`MVBATCH_OUTPUT_DIR/<name>/` next to the videos, secrets redacted
-(`write_report`), after the missing poster frames (`posters.make_posters`,
+`MVBATCH_OUTPUT_DIR/<name>/` next to the videos, each streamed
+(`write_reports`), after the missing poster frames (`posters.make_posters`,
 never fatal: without ffmpeg the sheet shows each video's first frame);
 a full disk (`DiskFull`, exit 4), raised once the reports are written,
 whether the videos or the reports filled it; and `ReportResult`, what the
@@ -21,7 +21,7 @@ client it hands to the downloader for URL refreshes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,8 +36,8 @@ from mvbatch.money import usd
 from mvbatch.plan.planner import Plan
 from mvbatch.report import formats, posters
 from mvbatch.report.build import build_report
-from mvbatch.report.formats import csv_text, json_text, markdown_text, percent_text
-from mvbatch.report.html import contact_sheet
+from mvbatch.report.formats import csv_chunks, json_chunks, markdown_chunks, percent_text
+from mvbatch.report.html import contact_sheet_chunks
 from mvbatch.report.model import Report
 from mvbatch.settings import Settings
 
@@ -47,28 +47,39 @@ log = logs.get("mvbatch.report.command")
 
 
 def write_reports(report: Report, folder: Path) -> dict[str, Path]:
-    """The four files, secrets redacted, each replaced atomically; `DiskFull` if space runs out."""
+    """The four files, each streamed and replaced atomically; `DiskFull` if space runs out.
+
+    Each file is written as it is produced (`formats.json_chunks` and the
+    others): what is held at once does not grow with the tasks. Secrets were
+    taken out where they enter the report (`build.py`), not here.
+    """
     written: dict[str, Path] = {}
-    left = list(FILES)  # still to write: each needs its whole size beside the old one
-    data: dict[str, str] = {}
+    left = list(FILES)  # still to write
     try:
         folder.mkdir(parents=True, exist_ok=True)
         posters.make_posters(report, folder)
-        texts = {
-            "json": json_text(report),
-            "csv": csv_text(report),
-            "md": markdown_text(report),
-            "html": contact_sheet(report, folder),
+        chunks: dict[str, Callable[[], Iterator[str]]] = {
+            "json": lambda: json_chunks(report),
+            "csv": lambda: csv_chunks(report),
+            "md": lambda: markdown_chunks(report),
+            "html": lambda: contact_sheet_chunks(report, folder),
         }
-        data = {kind: logs.redact_text(text) for kind, text in texts.items()}
-        for kind, text in data.items():
-            formats.write_atomic(folder / FILES[kind], text)
+        for kind, produce in chunks.items():
+            formats.write_atomic(folder / FILES[kind], produce())
             written[kind] = folder / FILES[kind]
             left.remove(kind)
     except OSError as error:
-        needed = sum(len(data[kind].encode()) for kind in left) if data else None
         names = ", ".join(FILES[kind] for kind in left)
-        full = partfile.disk_full(error, folder, f"the reports ({names})", needed)
+        # Written as they are produced, the files' sizes are not known ahead:
+        # the ones they replace say about how much room they need.
+        sizes = [
+            (folder / FILES[kind]).stat().st_size
+            for kind in left
+            if (folder / FILES[kind]).is_file()
+        ]
+        full = partfile.disk_full(
+            error, folder, f"the reports ({names})", sum(sizes) or None, about=True
+        )
         if full is None:
             raise
         raise full from None
@@ -149,10 +160,15 @@ def write_report(
     plan: Plan | None = None,
     fetched: Sequence[Fetched] = (),
     downloads: DownloadStats | None = None,
+    rows: Sequence[TaskRow] | None = None,
 ) -> ReportResult:
-    """Read the ledger and write the four report files; no network."""
+    """Read the ledger and write the four report files; no network.
+
+    `rows`: the manifest's tasks, when the caller has just read them (at
+    100,000 tasks a second read costs seconds).
+    """
     folder = report_folder_of(settings, name)
-    rows = ledger.tasks(env, name)
+    rows = ledger.tasks(env, name) if rows is None else rows
     outputs = {row.key: ledger.outputs(env, row.key) for row in rows}
     report = build_report(
         name,
@@ -210,15 +226,23 @@ async def finish_run(
 
 
 def report_command(
-    settings: Settings, ledger: Ledger, plan: Plan, env: str, *, download: bool
+    settings: Settings,
+    ledger: Ledger,
+    plan: Plan,
+    env: str,
+    *,
+    download: bool,
+    rows: Sequence[TaskRow] | None = None,
 ) -> ReportResult:
     """`mvbatch report MANIFEST [--no-download]`: verify or fetch the videos, write the reports.
 
     The caller chose `env` (the side of the manifest's last run) and built
-    `plan` with that side's learned rates (`commands.reporting.report_manifest`).
+    `plan` with that side's learned rates (`commands.reporting.report_manifest`);
+    `rows` are the manifest's tasks if it has just read them (used as they are
+    when nothing is downloaded).
     """
     if not download:
-        return write_report(settings, ledger, plan.name, env, plan=plan)
+        return write_report(settings, ledger, plan.name, env, plan=plan, rows=rows)
     rows = [r for r in ledger.tasks(env, plan.name) if r.status == "succeeded"]
     fetched, downloader = asyncio.run(_download(settings, ledger, env, rows))
     result = write_report(

@@ -39,6 +39,15 @@ Owns: laying a `Report` out for people, as one grid.
   static report.html shows verdicts and notes read-only and has no controls.
 - The scripts are templates/sheet.js and templates/review.js, inlined; the
   Content Security Policy allows each by its sha256 and nothing else.
+- At most `SHEET_TAKES` takes: past them the grid stops at the last whole
+  shot row that fits, and a note above it says how many shots and takes are
+  shown and where the rest are (report.csv, report.json). A page of 100,000
+  players is not a contact sheet anyone can open, and writing it took most
+  of a large report's time and memory. The summary above the grid, the
+  filters' choices and the failures below it still count every task. The
+  review page is the same page (`layout_signature` and `card_fragments`
+  speak of the takes it shows). The page is written as Jinja generates it
+  (`contact_sheet_chunks`).
 
 Must not: let the static page reach the network (styles and scripts are
 inline, media are relative paths to local files, and a Content Security
@@ -55,7 +64,7 @@ import base64
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
@@ -72,6 +81,8 @@ from mvbatch.report.posters import poster_relpath
 
 ASSETS = Path(__file__).parent / "templates"
 ASPECTS = {"16:9": "16 / 9", "9:16": "9 / 16", "1:1": "1 / 1"}
+# The most takes one page shows (whole shot rows; at least the first row).
+SHEET_TAKES = 2000
 
 VariantKey = tuple[tuple[str, str], ...]
 
@@ -116,7 +127,18 @@ class ShotRow:
 @dataclass(frozen=True, slots=True)
 class Grid:
     groups: tuple[AxisGroup, ...]
-    rows: tuple[ShotRow, ...]
+    rows: tuple[ShotRow, ...]  # the rows shown: the first ones, up to `SHEET_TAKES` takes
+    shots: int = 0  # rows of the whole report
+    takes: int = 0  # takes of the whole report (a task of several shots counts in each row)
+
+    @property
+    def collapsed(self) -> bool:
+        """Some shots are not shown: the report has more than `SHEET_TAKES` takes."""
+        return len(self.rows) < self.shots
+
+    @property
+    def takes_shown(self) -> int:
+        return sum(len(cell) for row in self.rows for cell in row.cells)
 
     @property
     def columns(self) -> tuple[Column, ...]:
@@ -183,36 +205,49 @@ def _sha(text: str) -> str:
 
 
 def grid(report: Report) -> Grid:
-    """The grid of `report`, shots by variants (pure: no files, no URLs)."""
+    """The grid of `report`, shots by variants, cut after `SHEET_TAKES` takes (pure: no files)."""
     by_shot: dict[str, list[TaskEntry]] = defaultdict(list)
     for task in report.tasks:
         # A task asked for by several shots appears in each of their rows.
         for shot in dict.fromkeys(task.shots or (task.shot,)):
             by_shot[shot].append(task)
-    groups = _groups(report.tasks)
+    ordered = [(order, shot) for order, shot in enumerate(report.shot_order) if by_shot.get(shot)]
+    takes = sum(len(by_shot[shot]) for _, shot in ordered)
+    shown: list[tuple[int, str]] = []
+    room = SHEET_TAKES
+    for order, shot in ordered:
+        if shown and len(by_shot[shot]) > room:
+            break
+        shown.append((order, shot))
+        room -= len(by_shot[shot])
+    # Columns from every task, as before, unless rows were cut: then from those shown.
+    tasks = (
+        report.tasks
+        if len(shown) == len(ordered)
+        else [t for _, shot in shown for t in by_shot[shot]]
+    )
+    groups = _groups(tasks)
     columns = [column for group in groups for column in group.columns]
     where = {tuple(sorted(column.key)): n for n, column in enumerate(columns)}
     rows = []
-    for order, shot in enumerate(report.shot_order):
-        tasks = by_shot.get(shot)
-        if not tasks:
-            continue
+    for order, shot in shown:
+        in_row = by_shot[shot]
         cells: list[list[TaskEntry]] = [[] for _ in columns]
-        for task in tasks:
+        for task in in_row:
             cells[where[_column_key(task.variant)]].append(task)
-        own = [t for t in tasks if t.shot == shot]
+        own = [t for t in in_row if t.shot == shot]
         rows.append(
             ShotRow(
                 shot,
                 order,
                 report.prompts.get(shot),
-                tuple(dict.fromkeys(t.model for t in tasks)),
+                tuple(dict.fromkeys(t.model for t in in_row)),
                 tuple(tuple(sorted(cell, key=lambda t: t.take)) for cell in cells),
                 sum((t.cost_actual or Decimal(0) for t in own), Decimal(0)),
                 sum((t.cost_estimate for t in own), Decimal(0)),
             )
         )
-    return Grid(tuple(groups), tuple(rows))
+    return Grid(tuple(groups), tuple(rows), len(ordered), takes)
 
 
 def _column_key(variant: Sequence[tuple[str, Any]]) -> VariantKey:
@@ -252,7 +287,10 @@ def _groups(tasks: Sequence[TaskEntry]) -> list[AxisGroup]:
 
 def layout_signature(report: Report) -> str:
     """Changes when the grid's rows, columns or the takes in a cell change (a re-roll adds one)."""
-    g = grid(report)
+    return _signature(grid(report))
+
+
+def _signature(g: Grid) -> str:
     shape = {
         "columns": [[group.axes, [c.key for c in group.columns]] for group in g.groups],
         "rows": [[row.shot, [[t.key for t in cell] for cell in row.cells]] for row in g.rows],
@@ -327,6 +365,13 @@ def card_fragments(report: Report, folder: Path, review: ReviewMode) -> dict[str
 
 
 def contact_sheet(report: Report, folder: Path, review: ReviewMode | None = None) -> str:
+    return "".join(contact_sheet_chunks(report, folder, review))
+
+
+def contact_sheet_chunks(
+    report: Report, folder: Path, review: ReviewMode | None = None
+) -> Iterator[str]:
+    """The page as Jinja generates it: only the cards shown are ever held at once."""
     g = grid(report)
     view = _view(report, review)
     scripts = [_asset("sheet.js")]
@@ -337,13 +382,13 @@ def contact_sheet(report: Report, folder: Path, review: ReviewMode | None = None
     return (
         templates()
         .get_template("contact_sheet.html.j2")
-        .render(
+        .generate(
             r=report,
             grid=g,
             cards=_fragments(report, g, folder, view),
             view=view,
             review=review,
-            layout=layout_signature(report),
+            layout=_signature(g),
             models=models,
             statuses=[
                 s for s in ("succeeded", "failed", "cancelled", "pending") if s in groups_present
@@ -354,7 +399,7 @@ def contact_sheet(report: Report, folder: Path, review: ReviewMode | None = None
             variance=report.variance,
             counts=report.counts,
             downloads=report.download_totals,
-            takes=sum(len(cell) for row in g.rows for cell in row.cells),
+            takes=g.takes_shown,
         )
     )
 

@@ -32,17 +32,18 @@ or print.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from mvbatch.downloads.fetch import DownloadStats
 from mvbatch.downloads.naming import value_text
 from mvbatch.ledger import committed_cost
 from mvbatch.ledger.charges import Charge, charge_of, failures_by_charge, status_words
-from mvbatch.money import json_number, normalize, total, usd
+from mvbatch.money import json_number, normalize, usd
 
 PENDING = ("planned", "submitting", "queued", "processing")
 FAILED = ("failed", "rejected")
@@ -163,14 +164,6 @@ class Bucket:
     cost_estimate: Decimal = Decimal(0)
     cost_actual: Decimal = Decimal(0)
 
-    def add(self, task: TaskEntry) -> Bucket:
-        return Bucket(
-            self.tasks + 1,
-            self.succeeded + (task.status == "succeeded"),
-            self.cost_estimate + task.cost_estimate,
-            self.cost_actual + (task.cost_actual or Decimal(0)),
-        )
-
     def document(self) -> dict[str, Any]:
         return {
             "tasks": self.tasks,
@@ -225,55 +218,61 @@ class Report:
 
     # -- totals
 
-    @property
+    @cached_property
     def counts(self) -> Counter[str]:
+        """Tasks by group: succeeded, failed, cancelled, pending."""
         return Counter(t.group for t in self.tasks)
 
-    @property
+    @cached_property
+    def statuses(self) -> Counter[str]:
+        """Tasks by status, as the ledger has it."""
+        return Counter(t.status for t in self.tasks)
+
+    @cached_property
     def cost_estimate(self) -> Decimal:
         """The sum of the tasks' `cost_estimate`: what was held against the budget."""
-        return total([t.cost_estimate for t in self.tasks])
+        return _total(t.cost_estimate for t in self.tasks)
 
-    @property
+    @cached_property
     def cost_estimate_plan(self) -> Decimal:
-        return total([t.estimate_local for t in self.tasks])
+        return _total(t.estimate_local for t in self.tasks)
 
-    @property
+    @cached_property
     def cost_estimate_server(self) -> Decimal:
-        return total([t.cost_estimate_server for t in self.tasks if t.cost_estimate_server])
+        return _total(t.cost_estimate_server for t in self.tasks if t.cost_estimate_server)
 
-    @property
+    @cached_property
     def cost_actual(self) -> Decimal:
-        return total([t.cost_actual for t in self.tasks if t.cost_actual is not None])
+        return _total(t.cost_actual for t in self.tasks if t.cost_actual is not None)
 
-    @property
+    @cached_property
     def cost_committed(self) -> Decimal:
-        return total([t.cost_committed for t in self.tasks])
+        return _total(t.cost_committed for t in self.tasks)
 
-    @property
+    @cached_property
     def cost_prior(self) -> Decimal:
-        return total([t.cost_prior for t in self.tasks])
+        return _total(t.cost_prior for t in self.tasks)
 
-    @property
+    @cached_property
     def overbilled(self) -> tuple[TaskEntry, ...]:
         """Tasks the server charged more than the estimate they were held at."""
         return tuple(
             t for t in self.tasks if t.cost_actual is not None and t.cost_actual > t.cost_estimate
         )
 
-    @property
+    @cached_property
     def over_cap(self) -> bool:
         """What the tasks count for is past the manifest's cap (the server billed more)."""
         return self.max_usd is not None and self.cost_committed > self.max_usd
 
-    @property
+    @cached_property
     def overrun(self) -> Decimal | None:
         """How far committed is past the cap; None within it (or with no cap)."""
         if self.max_usd is None or not self.over_cap:
             return None
         return normalize(self.cost_committed - self.max_usd)
 
-    @property
+    @cached_property
     def overrun_text(self) -> str | None:
         """One sentence on the bills above their estimates and the cap they broke; or None."""
         over = self.overbilled
@@ -293,42 +292,50 @@ class Report:
             )
         return "; ".join(parts)
 
-    @property
+    @cached_property
     def failures_by_charge(self) -> list[dict[str, Any]]:
         """Failed, cancelled and rejected tasks by what they cost (`charges.failures_by_charge`)."""
         return failures_by_charge((t.status, t.charge) for t in self.tasks)
 
     def by(self, attribute: str) -> dict[str, Bucket]:
-        buckets: dict[str, Bucket] = {}
+        """Tasks grouped by an attribute's value, in order of first appearance."""
+        groups: dict[str, list[TaskEntry]] = {}
         for task in self.tasks:
-            name = str(getattr(task, attribute))
-            buckets[name] = buckets.get(name, Bucket()).add(task)
-        return buckets
+            groups.setdefault(str(getattr(task, attribute)), []).append(task)
+        return {
+            name: Bucket(
+                len(tasks),
+                sum(1 for t in tasks if t.status == "succeeded"),
+                sum((t.cost_estimate for t in tasks), Decimal(0)),
+                sum((t.cost_actual for t in tasks if t.cost_actual is not None), Decimal(0)),
+            )
+            for name, tasks in groups.items()
+        }
 
-    @property
+    @cached_property
     def by_model(self) -> dict[str, Bucket]:
         return self.by("model")
 
-    @property
+    @cached_property
     def by_tier(self) -> dict[str, Bucket]:
         return self.by("price_class")
 
-    @property
+    @cached_property
     def by_shot(self) -> dict[str, Bucket]:
         found = self.by("shot")
         return {shot: found[shot] for shot in self.shot_order if shot in found}
 
-    @property
+    @cached_property
     def variance(self) -> Variance:
         known = [t for t in self.tasks if t.cost_actual is not None and t.status == "succeeded"]
         return Variance(
             len(known),
-            total([t.estimate_local for t in known]),
-            total([t.cost_actual for t in known if t.cost_actual is not None]),
+            _total(t.estimate_local for t in known),
+            _total(t.cost_actual for t in known if t.cost_actual is not None),
             tuple(t for t in known if t.cost_actual != t.estimate_local),
         )
 
-    @property
+    @cached_property
     def failures(self) -> list[FailureGroup]:
         groups: dict[tuple[str, str], list[TaskEntry]] = defaultdict(list)
         for task in self.tasks:
@@ -346,7 +353,7 @@ class Report:
             for (reason, status), tasks in ordered
         ]
 
-    @property
+    @cached_property
     def elapsed(self) -> dict[str, float | None]:
         times = sorted(t.elapsed for t in self.tasks if t.elapsed is not None)
         if not times:
@@ -360,7 +367,7 @@ class Report:
             "max": times[-1],
         }
 
-    @property
+    @cached_property
     def download_totals(self) -> dict[str, int]:
         outputs = [o for t in self.tasks if t.status == "succeeded" for o in t.outputs]
         return {
@@ -373,7 +380,7 @@ class Report:
             ),
         }
 
-    @property
+    @cached_property
     def verdicts(self) -> dict[str, int]:
         """How many tasks were approved, rejected or not reviewed (`mvbatch review`)."""
         found = Counter(t.verdict for t in self.tasks)
@@ -383,7 +390,7 @@ class Report:
             "not_reviewed": len(self.tasks) - found.get("approved", 0) - found.get("rejected", 0),
         }
 
-    @property
+    @cached_property
     def complete(self) -> bool:
         """Every task succeeded and every output is on disk."""
         return all(t.status == "succeeded" and t.downloaded for t in self.tasks)
@@ -391,6 +398,11 @@ class Report:
     # -- report.json
 
     def document(self) -> dict[str, Any]:
+        """report.json as one dict; `formats.json_chunks` writes the same document as a stream."""
+        return {**self.document_head(), "tasks": [task_document(t) for t in self.tasks]}
+
+    def document_head(self) -> dict[str, Any]:
+        """report.json without its last field, `tasks` (one `task_document` per task)."""
         counts = self.counts
         variance = self.variance
         return {
@@ -405,7 +417,7 @@ class Report:
                 "failed": counts.get("failed", 0),
                 "cancelled": counts.get("cancelled", 0),
                 "pending": counts.get("pending", 0),
-                "rejected": sum(1 for t in self.tasks if t.status == "rejected"),
+                "rejected": self.statuses.get("rejected", 0),
                 "cost_estimate": json_number(self.cost_estimate),
                 "cost_actual": json_number(self.cost_actual),
                 "cost_estimate_plan": json_number(self.cost_estimate_plan),
@@ -460,7 +472,6 @@ class Report:
                 "downloads": self.download_totals,
                 "verdicts": self.verdicts,
             },
-            "tasks": [_task_document(t) for t in self.tasks],
         }
 
 
@@ -491,7 +502,9 @@ DEFINITIONS = {
 }
 
 
-def _task_document(task: TaskEntry) -> dict[str, Any]:
+def task_document(task: TaskEntry) -> dict[str, Any]:
+    """One task of report.json's `tasks`."""
+    charge = task.charge
     return {
         "shot": task.shot,
         "key": task.key,
@@ -506,8 +519,8 @@ def _task_document(task: TaskEntry) -> dict[str, Any]:
         "cost_estimate_server": json_number(task.cost_estimate_server),
         "cost_committed": json_number(normalize(task.cost_committed)),
         "cost_prior": json_number(normalize(task.cost_prior)),
-        "charge": None if task.charge is None else task.charge.kind,
-        "status_text": task.status_text,
+        "charge": None if charge is None else charge.kind,
+        "status_text": status_words(task.status, charge),
         "outputs": [
             {
                 "url": o.url,
@@ -536,6 +549,11 @@ def _task_document(task: TaskEntry) -> dict[str, Any]:
         "note": task.note,
         "rerolled_from": task.rerolled_from,
     }
+
+
+def _total(values: Iterable[Decimal]) -> Decimal:
+    """`money.total` over a generator: no list of one figure per task is ever built."""
+    return normalize(sum(values, Decimal(0)))
 
 
 def _seconds_between(start_stamp: str | None, end_stamp: str | None) -> float | None:

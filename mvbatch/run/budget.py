@@ -217,8 +217,10 @@ class Budget:
         what they stand for now (their estimate times the class's bill factor)."""
         extra = Decimal(0)
         for name, factor in self.bill_factors.items():
-            for job in self.board.by_price_class.get(name, ()):
-                if job.status in IN_FLIGHT and job.actual is None:
+            # Only the tasks in flight (at most --concurrency), not the whole
+            # class: this is asked before every submission.
+            for job in self.board.in_flight.get(name, ()):
+                if job.actual is None:
                     extra += (job.committed - job.prior) * (factor - 1)
         return extra
 

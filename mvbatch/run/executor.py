@@ -22,7 +22,9 @@ The rules that keep money and work safe, in the order they happen:
 1. Before anything is sent, `budget.preflight` holds the plan against the cap
    (`BudgetError`, zero requests, when over).
 2. Per task: intent (`submitting`, with the idempotency key) is committed to
-   the ledger, then the POST is sent, then the task id is committed. A crash
+   the ledger, then the POST is sent, then the task id is committed (the
+   intents of tasks that start together share one transaction, committed
+   before any of their POSTs: `Submitter._commit_intents`). A crash
    between any two steps is repaired by the next run: intent without a task id
    is POSTed again under the same key (no new charge), a task id is polled.
 3. Before each submission, committed spend (the server's estimates of
@@ -147,6 +149,7 @@ class Executor:
         self._started = time.monotonic()
         self._unfollowed: list[str] = []
         self._held_elsewhere: set[str] = set()  # in flight under another worker's live claim
+        self._by_key: dict[str, TaskJob] = {}
 
     # -- setup
 
@@ -354,7 +357,7 @@ class Executor:
         for job in following:
             self.limit.acquire()  # already running on the server: they hold slots
             self._spawn_driver(job, None)
-        self.fleet.start()
+        self.fleet.start(self._take_over_abandoned)
         try:
             await self._submit_queued()
             await self._await_in_flight()
@@ -455,6 +458,35 @@ class Executor:
                 await asyncio.gather(*self._drivers, return_exceptions=True)
                 return
             await asyncio.wait(list(self._drivers), return_when=asyncio.FIRST_COMPLETED)
+
+    def _take_over_abandoned(self) -> None:
+        """Take the tasks of this plan whose holder is gone, while this worker runs.
+
+        A dead worker's tasks hold slots of the fleet's --concurrency until
+        someone takes them: without this, workers that still have work to send
+        would wait on a limit only the dead could free.
+        """
+        if self._stopping:
+            return
+        driving = {job.key for job in self._drivers.values()}
+        jobs = self._jobs_by_key()
+        for row in self.ledger.abandoned(self.env, self.plan.name, self.fleet.worker):
+            job = jobs.get(row.key)
+            if job is None or row.key in driving:
+                continue
+            mine = self.fleet.claim(row.key)
+            if mine is None:
+                continue  # another worker took it first
+            if job in self.board.queue:
+                self.board.queue.remove(job)
+            self.budget.forget(job)
+            self._adopt(job, mine)
+            self.board.wake()
+
+    def _jobs_by_key(self) -> dict[str, TaskJob]:
+        if len(self._by_key) != len(self.board.jobs):
+            self._by_key = {job.key: job for job in self.board.jobs}
+        return self._by_key
 
     async def _adopt_abandoned(self) -> None:
         """Wait for the tasks other workers hold; take over those whose holder is gone.

@@ -22,7 +22,7 @@ import contextlib
 import os
 import socket
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mvbatch import logs
 from mvbatch.ledger import Ledger, TaskRow
@@ -63,6 +63,7 @@ class Fleet:
         self.ledger, self.env, self.lease = ledger, env, lease
         self.worker = worker_id()
         self._beating: asyncio.Task[None] | None = None
+        self._looking: asyncio.Task[None] | None = None
         # Whether another worker held, or took, a task of this run's plan.
         self.saw_others = False
 
@@ -84,10 +85,17 @@ class Fleet:
         """Hold a task in flight (free, or its holder's lease is over); its row, or None."""
         return self.ledger.claim(self.env, key, self.worker, self.lease)
 
-    def start(self) -> None:
-        """Start the heartbeat on the running event loop."""
+    def start(self, look_for_abandoned: Callable[[], None] | None = None) -> None:
+        """Start the heartbeat on the running event loop, and, with `look_for_abandoned`,
+        a look every `wait` seconds for tasks whose holder is gone (to take them over:
+        a dead worker's tasks, and the fleet's slots they hold, wait no longer than its
+        lease and one look)."""
         if self._beating is None:
             self._beating = asyncio.create_task(self.beat(), name="fleet heartbeat")
+        if look_for_abandoned is not None and self._looking is None:
+            self._looking = asyncio.create_task(
+                self.look(look_for_abandoned), name="fleet takeover"
+            )
 
     async def beat(self) -> None:
         """Every third of a lease, renew every claim this worker holds."""
@@ -98,13 +106,22 @@ class Fleet:
             except Exception as error:  # a lost database: the lease runs out, others take over
                 log.warning("fleet.heartbeat_failed", worker=self.worker, error=str(error))
 
+    async def look(self, look_for_abandoned: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(self.wait)
+            try:
+                look_for_abandoned()
+            except Exception as error:  # a lost database: the run's own steps will say it
+                log.warning("fleet.takeover_failed", worker=self.worker, error=str(error))
+
     async def stop(self) -> None:
         """Stop the heartbeat and let go of every claim: others may take them at once."""
-        if self._beating is not None:
-            self._beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._beating
-            self._beating = None
+        for task in (self._beating, self._looking):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._beating = self._looking = None
         try:
             self.ledger.release(self.env, self.worker)
         except Exception as error:  # its lease runs out instead

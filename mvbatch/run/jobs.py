@@ -21,7 +21,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from mvbatch.ledger import TaskRow, committed_cost
+from mvbatch.ledger import IN_FLIGHT, TaskRow, committed_cost
 from mvbatch.plan.planner import PlannedTask
 from mvbatch.plan.pricing import Estimate
 from mvbatch.run.polling import latency_class
@@ -141,6 +141,10 @@ class JobBoard:
     def __init__(self) -> None:
         self.jobs: list[TaskJob] = []
         self.by_price_class: dict[str, list[TaskJob]] = {}  # the plan's jobs only
+        # The plan's jobs in flight, by price class: what a bill above the
+        # estimate makes the run expect more of (`Budget.anticipated`).
+        self.in_flight: dict[str, set[TaskJob]] = {}
+        self._planned: set[TaskJob] = set()
         self.counts: Counter[str] = Counter()  # by ledger status
         self.queue: deque[TaskJob] = deque()  # waiting for their POST, in sending order
         self.committed = Decimal(0)  # what the jobs stand for (`TaskJob.committed`)
@@ -154,6 +158,9 @@ class JobBoard:
         self.jobs.append(job)
         if planned:
             self.by_price_class.setdefault(job.price_class, []).append(job)
+            self._planned.add(job)
+            if job.status in IN_FLIGHT:
+                self.in_flight.setdefault(job.price_class, set()).add(job)
         self.counts[job.status] += 1
         self.committed += job.committed
 
@@ -163,6 +170,12 @@ class JobBoard:
         if status is not None and status != job.status:
             self.counts[job.status] -= 1
             self.counts[status] += 1
+            if job in self._planned and (job.status in IN_FLIGHT) != (status in IN_FLIGHT):
+                flying = self.in_flight.setdefault(job.price_class, set())
+                if status in IN_FLIGHT:
+                    flying.add(job)
+                else:
+                    flying.discard(job)
             job.status = status
         for name, value in fields.items():
             setattr(job, name, value)

@@ -21,6 +21,15 @@ the last finish) is continued by the lognormal that fits it. With a weight of
 is noticed within ~13% of its latency; a task polled past the learned
 schedule backs off geometrically, so a stuck task is never hammered.
 
+That trade is made in shares of the latency, which suits classes of a few
+seconds but leaves a one-minute class ~8 s late: a user waits in seconds,
+and a script polling every 2 s is ~1 s late on any task. So past
+LONG_LATENCY seconds of mean latency the weight grows with the square of the
+mean (`delay_weight_for`), which keeps lateness near 1-2 s however long the
+class (a 60 s class: ~14 GETs and ~1.5 s late, where a 2 s poller pays ~32
+GETs for ~1 s; 180 s: ~39 GETs, ~2 s late), while classes of a few seconds
+keep the trade above.
+
 Without history the schedule is geometric from COLD_FIRST seconds, and only
 SCOUTS tasks of a new class follow it closely: the others skip a step and
 re-plan (`replan_after`) from what the scouts' class learns meanwhile.
@@ -35,6 +44,7 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 
 DELAY_WEIGHT = 15.0
+LONG_LATENCY = 8.0  # mean latency (s) past which lateness is weighed in seconds, not shares
 MIN_GAP = 0.25  # never two GETs of one task closer than this
 MAX_GAP = 60.0  # never wait longer than this between two GETs of one task
 COLD_FIRST = 2.0  # first GET of a task of an unknown class, seconds after submission
@@ -42,8 +52,10 @@ COLD_GROWTH = 1.5  # ... and each next gap is this much longer
 TAIL_GROWTH = 1.5  # past the learned schedule, gaps grow like this
 MIN_EXACT = 3  # finished tasks needed before the history is trusted
 GRID = 128
+MAX_GRID_FACTOR = 4  # long classes get up to this many times GRID points
 HISTORY = 500  # observations kept per class
 SCOUTS = 5  # tasks of a class with no history that poll on the cold schedule
+REPLAN_EVERY = 1.0  # a sleeping task re-plans at most this often (and every quarter of its age)
 PRIOR_SIGMA, MIN_SIGMA, MAX_SIGMA = 0.4, 0.15, 1.2  # spread of log-latency, when extrapolating
 PRIOR_WEIGHT = 5  # how many fitted points the prior spread counts as
 _NORMAL = NormalDist()
@@ -169,7 +181,7 @@ class LatencyBook:
 
 def replan_after(elapsed: float) -> float:
     """How long a task may sleep before its next poll time is worth recomputing."""
-    return max(1.0, 0.25 * elapsed)
+    return max(REPLAN_EVERY, 0.25 * elapsed)
 
 
 def _cold_after(last_poll: float | None) -> float:
@@ -225,6 +237,17 @@ def lognormal_fit(steps: list[tuple[float, float]]) -> tuple[float, float] | Non
     return mu, sigma
 
 
+def delay_weight_for(mean: float, delay_weight: float = DELAY_WEIGHT) -> float:
+    """The weight of detection delay (in shares of the mean latency) for a class of this mean.
+
+    Constant up to LONG_LATENCY; past it, it grows with the square of the
+    mean, so that a second late costs a long class as much as it costs a class
+    of LONG_LATENCY seconds times the ratio of their means: lateness stays near
+    a second or two instead of growing with the latency.
+    """
+    return delay_weight * max(1.0, mean / LONG_LATENCY) ** 2
+
+
 def optimal_schedule(
     exact: list[float], censored: list[float], delay_weight: float = DELAY_WEIGHT
 ) -> tuple[float, ...]:
@@ -245,7 +268,10 @@ def optimal_schedule(
         # get a schedule instead of blind back-off.
         mu, sigma = fit
         horizon = min(known * 10, max(known, math.exp(mu + sigma * _NORMAL.inv_cdf(0.995))))
-    points = GRID
+    # A long class is polled densely for its length: a finer grid, so that
+    # its gaps of a second or two are not rounded to the grid's step.
+    rough_mean = sum(exact) / len(exact) if exact else known
+    points = round(GRID * min(MAX_GRID_FACTOR, max(1.0, rough_mean / LONG_LATENCY) ** 0.5))
     dt = horizon / (points - 1)
     min_steps = max(1, round(MIN_GAP / dt))
     times = [k * dt for k in range(points)]
@@ -267,7 +293,7 @@ def optimal_schedule(
     for k in range(1, points):
         area[k] = area[k - 1] + (s[k - 1] + s[k]) / 2 * dt
     mean = max(area[-1], dt)
-    weight = delay_weight / mean
+    weight = delay_weight_for(mean, delay_weight) / mean
     tail = s[-1]
     # best[i]: least expected cost from a poll at times[i] onwards (task alive there).
     best = [0.0] * points

@@ -5,11 +5,14 @@ Owns: the three steps that make a task charged exactly once (`Submitter`):
 1. `claim`: the job counts as committed spend from now (a `--retry-failed`
    resubmission gets its next derived key, and the failed attempt's cost
    stays committed);
-2. `submit`: the payload is built off the event loop (local files are hashed
-   and encoded), the intent (`submitting`, with the key) is committed as a
-   reservation against the cap (the ledger refuses it, and nothing is sent,
-   when the manifest's committed spend, every process's, leaves no room),
-   the POST is sent with the `Idempotency-Key` header;
+2. `submit`: the payload is built (off the event loop when local files are
+   hashed and encoded), the intent (`submitting`, with the key) is committed
+   as a reservation against the cap (the ledger refuses it, and nothing is
+   sent, when the manifest's committed spend, every process's, leaves no
+   room), the POST is sent with the `Idempotency-Key` header. The intents of
+   the jobs that reach this point in the same turn of the event loop are one
+   ledger step (`_commit_intents`, `Ledger.record_intents`), answered task by
+   task, and each POST waits for it;
 3. the answer is committed at once: the task id, or the end if the POST's
    answer is already final, or what a refusal means.
 
@@ -29,13 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mvbatch import logs
 from mvbatch.errors import EndpointMissing, FileChangedError, TaskRejected, UsageError
-from mvbatch.ledger import FAILED
+from mvbatch.ledger import FAILED, Intent, Reservation
 from mvbatch.plan.keys import retry_key
+from mvbatch.plan.media import LocalFile
 from mvbatch.run.budget import Budget
 from mvbatch.run.concurrency import AdaptiveLimit
 from mvbatch.run.context import RunContext
@@ -71,6 +75,8 @@ class Submitter:
         self.limit, self.finisher = limit, finisher
         self._stopping = stopping
         self.submitted = 0  # POSTs answered in this run
+        # Intents waiting for this turn of the event loop to end (`_reserve`).
+        self._waiting: list[tuple[TaskJob, str, asyncio.Future[Reservation | None]]] = []
 
     def claim(self, job: TaskJob) -> str:
         """Mark the job `submitting` on the board (committed from now); returns its
@@ -179,11 +185,14 @@ class Submitter:
         return True
 
     async def _record_intent(self, job: TaskJob, previous: str) -> dict[str, Any] | None:
-        """Build the payload (off the event loop: local files are hashed and
-        encoded), then commit the intent, reserved against the cap. None when
-        the run stopped meanwhile or the ledger refused the reservation."""
+        """Build the payload (off the event loop when it reads local files, which are
+        hashed and encoded), then commit the intent, reserved against the cap. None
+        when the run stopped meanwhile or the ledger refused the reservation."""
         try:
-            payload = await asyncio.to_thread(job.task.payload)
+            if _reads_files(job.task.input):
+                payload = await asyncio.to_thread(job.task.payload)
+            else:
+                payload = job.task.payload()
         except FileChangedError as error:
             self.board.update(job, previous)
             error.message += ": nothing more was submitted"
@@ -191,21 +200,10 @@ class Submitter:
         if self._stopping():  # stopped while the payload was built: nothing was sent
             self.board.update(job, previous)
             return None
-        reservation = self.ledger.record_intent(
-            self.context.env,
-            job.key,
-            previous=previous,
-            submit_key=job.submit_key,
-            attempt=job.attempt,
-            run_id=self.context.run_id,
-            estimate=job.estimate,
-            cap=self.budget.cap,
-            worker=None if self.fleet is None else self.fleet.worker,
-            lease=None if self.fleet is None else self.fleet.lease,
-            # A new task only: a re-send is in flight already, and a retry's
-            # new attempt is sent at once (its failed attempt freed a slot).
-            in_flight_limit=self.limit.maximum if previous == "planned" else None,
-        )
+        reservation = await self._reserve(job, previous)
+        if reservation is None:  # stopped before the intent was written: nothing was sent
+            self.board.update(job, previous)
+            return None
         if reservation.stale:  # another run moved this task on: it is not ours to send
             self.board.update(job, previous)
             job.elsewhere = True  # watched: taken over if its holder dies
@@ -223,6 +221,62 @@ class Submitter:
             self.budget.refused(job, reservation)
             return None
         return payload
+
+    def _reserve(self, job: TaskJob, previous: str) -> asyncio.Future[Reservation | None]:
+        """The job's intent, to be committed with every other intent that comes in the
+        same turn of the event loop, in one ledger step (`_commit_intents`)."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Reservation | None] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._commit_intents)
+        self._waiting.append((job, previous, answer))
+        return answer
+
+    def _commit_intents(self) -> None:
+        """Commit the waiting intents in one step (`Ledger.record_intents`) and answer each.
+
+        Each job's POST waits for its own answer, so every intent is committed
+        before its POST is sent; the ledger decides them one by one, in the
+        order they came, exactly as it would have alone (the cap, the fleet's
+        in-flight limit, stale and claimed tasks). A job cancelled meanwhile is
+        left out; when the run stopped meanwhile, nothing is written.
+        """
+        waiting = [w for w in self._waiting if not w[2].done()]
+        self._waiting = []
+        if not waiting:
+            return
+        if self._stopping():
+            for _, _, answer in waiting:
+                answer.set_result(None)
+            return
+        intents = [
+            Intent(
+                job.key,
+                previous,
+                job.submit_key,
+                job.attempt,
+                job.estimate,
+                # A new task only: a re-send is in flight already, and a retry's
+                # new attempt is sent at once (its failed attempt freed a slot).
+                self.limit.maximum if previous == "planned" else None,
+            )
+            for job, previous, _ in waiting
+        ]
+        try:
+            reservations = self.ledger.record_intents(
+                self.context.env,
+                intents,
+                run_id=self.context.run_id,
+                cap=self.budget.cap,
+                worker=None if self.fleet is None else self.fleet.worker,
+                lease=None if self.fleet is None else self.fleet.lease,
+            )
+        except Exception as error:  # nothing was written: each job stops the run
+            for _, _, answer in waiting:
+                answer.set_exception(error)
+            return
+        for (_, _, answer), reservation in zip(waiting, reservations, strict=True):
+            answer.set_result(reservation)
 
     def _record_rejected(self, job: TaskJob, rejected: TaskRejected) -> None:
         """A 4xx to a first POST: nothing was created, nothing charged (`rejected`, $0)."""
@@ -304,3 +358,14 @@ class Submitter:
             error=rejected.message,
             committed=str(estimate),
         )
+
+
+def _reads_files(value: Any) -> bool:
+    """Whether a task's input holds a local file, which building its payload reads."""
+    if isinstance(value, LocalFile):
+        return True
+    if isinstance(value, Mapping):
+        return any(_reads_files(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_reads_files(v) for v in value)
+    return False

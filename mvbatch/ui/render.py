@@ -4,13 +4,21 @@ Owns: how a plan looks, to a person (tables) and to a program (`--json`),
 with the cap that holds and where it came from. Amounts are written by
 `mvbatch.money`, the words for what a failed task cost by
 `mvbatch.ledger.charges`. Builds values only; `cli.py` prints them.
+
+Scale: past `PLAN_SHOTS` shots the table shows the `TOP_SHOTS` most expensive
+ones and one row for the rest (a table of thousands of rows is read by
+nobody and took longer to draw than planning took), and says where every
+shot and task is (`plan --json`, `plan --out`). `plan --json` is written as
+it is produced (`plan_json_chunks`): the document is never held whole.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
+from itertools import islice
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -22,6 +30,12 @@ from mvbatch.money import json_number, total, usd
 from mvbatch.plan.planner import Plan, PlannedTask
 
 STATES = ("new", "in_flight", "done", "failed")
+# The plan table lists every shot up to PLAN_SHOTS; past it, the TOP_SHOTS most
+# expensive and one row for the rest.
+PLAN_SHOTS = 200
+TOP_SHOTS = 20
+# Tasks per chunk of `plan --json`.
+CHUNK_TASKS = 200
 STATE_WORDS = {
     "new": "new (never submitted)",
     "in_flight": "in flight",
@@ -51,30 +65,60 @@ def cap_text(max_usd: Decimal | None, max_cost: Decimal | None = None) -> str:
 def plan_document(
     plan: Plan, states: Mapping[str, str], rerolled_from: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """`plan --json`; `rerolled_from`: the rejected take each re-rolled one replaces, by key."""
+    """`plan --json` as one dict; `rerolled_from`: the rejected take each re-rolled one
+    replaces, by key. `plan_json_chunks` writes the same document as a stream."""
     replaces = rerolled_from or {}
+    return {
+        "manifest": plan.name,
+        "tasks": [_task_document(t, states, replaces) for t in plan.tasks],
+        **_plan_tail(plan, states),
+    }
+
+
+def plan_json_chunks(
+    plan: Plan, states: Mapping[str, str], rerolled_from: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """`plan --json` (`plan_document`), as it is produced: one task per line, by the json
+    module's C encoder, between an indented head and tail; `CHUNK_TASKS` tasks a chunk."""
+    replaces = rerolled_from or {}
+    tail = _plan_tail(plan, states)  # counted first: the tasks are only ever streamed
+    encode = json.JSONEncoder(ensure_ascii=False).encode
+    head = json.dumps({"manifest": plan.name}, ensure_ascii=False, indent=2)
+    yield head[:-2] + ',\n  "tasks": ['
+    separator = "\n    "
+    tasks = iter(plan.tasks)
+    while batch := list(islice(tasks, CHUNK_TASKS)):
+        yield separator + ",\n    ".join(encode(_task_document(t, states, replaces)) for t in batch)
+        separator = ",\n    "
+    rest = json.dumps(tail, ensure_ascii=False, indent=2)
+    yield ("]," if separator == "\n    " else "\n  ],") + rest[1:] + "\n"
+
+
+def _task_document(
+    t: PlannedTask, states: Mapping[str, str], replaces: Mapping[str, str]
+) -> dict[str, Any]:
+    return {
+        "key": t.key,
+        "shot": t.shot,
+        "model": t.model,
+        "input": t.public_input(),
+        "cost_estimate": json_number(t.estimate.cost),
+        "state": states.get(t.key, "new"),
+        "shots": list(t.shots),
+        "variant": dict(t.variant),
+        "take": t.take,
+        "price_source": t.estimate.source,
+        "price_class": t.estimate.price_class,
+        "upper_bound": t.estimate.upper_bound,
+        "rerolled_from": replaces.get(t.key),
+    }
+
+
+def _plan_tail(plan: Plan, states: Mapping[str, str]) -> dict[str, Any]:
+    """The fields of `plan --json` after its tasks."""
     counts = Counter(states.get(t.key, "new") for t in plan.tasks)
     sources = Counter(t.estimate.source for t in plan.tasks)
     return {
-        "manifest": plan.name,
-        "tasks": [
-            {
-                "key": t.key,
-                "shot": t.shot,
-                "model": t.model,
-                "input": t.public_input(),
-                "cost_estimate": json_number(t.estimate.cost),
-                "state": states.get(t.key, "new"),
-                "shots": list(t.shots),
-                "variant": dict(t.variant),
-                "take": t.take,
-                "price_source": t.estimate.source,
-                "price_class": t.estimate.price_class,
-                "upper_bound": t.estimate.upper_bound,
-                "rerolled_from": replaces.get(t.key),
-            }
-            for t in plan.tasks
-        ],
         "totals": {
             "tasks": len(plan.tasks),
             "cost_estimate": json_number(plan.cost_estimate),
@@ -153,12 +197,20 @@ def plan_view(
     """The plan for a person: a row per shot, the totals, the cap and its source.
 
     `max_cost` is `run --max-cost`: the cap shown is the lower of it and the
-    manifest's max_usd, with where it came from.
+    manifest's max_usd, with where it came from. Past `PLAN_SHOTS` shots, the
+    `TOP_SHOTS` most expensive ones, a row for the others, and where to see them.
     """
     by_shot: dict[str, list[PlannedTask]] = defaultdict(list)
     for task in plan.tasks:
         by_shot[task.shot].append(task)
-    table = Table(title=f"Plan for {plan.name} ({plan.manifest.display})", title_justify="left")
+    costs = {shot: total([t.estimate.cost for t in tasks]) for shot, tasks in by_shot.items()}
+    shown = list(by_shot)
+    title = f"Plan for {plan.name} ({plan.manifest.display})"
+    if len(by_shot) > PLAN_SHOTS:
+        # The most expensive first; ties in manifest order (sorted() is stable).
+        shown = sorted(by_shot, key=lambda shot: -costs[shot])[:TOP_SHOTS]
+        title += f": the {len(shown)} most expensive of {len(by_shot):,} shots"
+    table = Table(title=title, title_justify="left")
     table.add_column("shot")
     table.add_column("model")
     table.add_column("variants", justify="right")
@@ -166,7 +218,8 @@ def plan_view(
     table.add_column("to submit", justify="right")
     table.add_column("estimate", justify="right")
     table.add_column("price source")
-    for shot, tasks in by_shot.items():
+    for shot in shown:
+        tasks = by_shot[shot]
         variants = {t.variant for t in tasks}
         models = sorted({t.model for t in tasks})
         to_submit = sum(1 for t in tasks if states.get(t.key, "new") == "new")
@@ -182,8 +235,21 @@ def plan_view(
             str(len(variants)),
             str(len(tasks)),
             str(to_submit),
-            usd(total([t.estimate.cost for t in tasks])),
+            usd(costs[shot]),
             Text(source_text, style="yellow" if "assumed" in sources else ""),
+        )
+    listed = set(shown)
+    hidden = [shot for shot in by_shot if shot not in listed]
+    if hidden:
+        rest = [t for shot in hidden for t in by_shot[shot]]
+        table.add_row(
+            Text(f"… {len(hidden):,} other shots", style="italic"),
+            ", ".join(sorted({t.model for t in rest})),
+            "",
+            f"{len(rest):,}",
+            f"{sum(1 for t in rest if states.get(t.key, 'new') == 'new'):,}",
+            usd(total([costs[shot] for shot in hidden])),
+            "",
         )
     counts = Counter(states.get(t.key, "new") for t in plan.tasks)
     summary = Text()
@@ -203,6 +269,14 @@ def plan_view(
         summary.append(f"\n{plan.duplicates} task(s) asked for by several shots are planned once")
     assumed = sum(1 for t in plan.tasks if t.estimate.source == "assumed")
     parts: list[RenderableType] = [table, summary]
+    if hidden:
+        parts.append(
+            Text(
+                f"{len(hidden):,} shots are not listed above: `mvbatch plan "
+                f"{plan.manifest.display} --json` prints every task with its shot, state and "
+                "estimate, and `--out PLAN.toml` saves the whole plan to read or review."
+            )
+        )
     if assumed:
         parts.append(
             Text(

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
-
-from rich.console import Console, RenderableType
-from rich.text import Text
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from mvbatch import logs
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.text import Text
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -63,6 +65,8 @@ class RedactingStream:
 
 
 def _console(stream: TextIO, columns: int | None) -> Console:
+    from rich.console import Console  # here: `mvbatch --help` never draws with Rich
+
     wrapped = RedactingStream(stream)
     width = columns
     if width is None and not wrapped.isatty():
@@ -90,9 +94,17 @@ class Terminal:
         """`columns`: a width the user asked for (COLUMNS); else the terminal's, or wide."""
         self.stdout = RedactingStream(stdout)
         self.stderr = RedactingStream(stderr)
-        self.out = _console(stdout, columns)
-        self.err = _console(stderr, columns)
         self.json = log_format == "json"
+        self._columns = columns
+
+    # The consoles are made when first used, on the streams given above.
+    @cached_property
+    def out(self) -> Console:
+        return _console(self.stdout.target, self._columns)
+
+    @cached_property
+    def err(self) -> Console:
+        return _console(self.stderr.target, self._columns)
 
     @property
     def interactive(self) -> bool:
@@ -111,6 +123,8 @@ class Terminal:
         if self.json:
             self.write_json(event, level=level, message=str(message), **fields)
             return
+        from rich.text import Text
+
         text = message if isinstance(message, Text) else Text(message, style=style)
         self.err.print(text, highlight=False)
 
@@ -135,4 +149,6 @@ class Terminal:
             self.stderr.write(line + "\n")
             self.stderr.flush()
         else:
+            from rich.text import Text
+
             self.err.print(Text.from_ansi(line), highlight=False, soft_wrap=True)

@@ -10,9 +10,10 @@ SIGKILL, exactly like `kill -9`: no handler, no cleanup, no flush.
 - `after_post`: `ApiClient.submit` has the answer to a POST (the server
   created and charged the task) and has not returned it yet: the executor has
   not committed the task id.
-- `after_intent`: the ledger's `record_intent` (`SqliteLedger`, the one
-  implementation) has committed an intent and returned: the task's POST has
-  not been sent.
+- `after_intent`: the SQLite ledger's `record_intents` has committed a step
+  of intents (the intents of every task that reached its POST in one turn of
+  the event loop; `record_intent` is a step of one) and returned: none of
+  their POSTs has been sent.
 
 Without the variable it does nothing and imports nothing. Nothing in
 `mvbatch` knows about it.
@@ -60,7 +61,7 @@ def _after_post(passed: Passed) -> None:
 def _after_intent(passed: Passed) -> None:
     from mvbatch.ledger import SqliteLedger
 
-    SqliteLedger.record_intent = _then(SqliteLedger.record_intent, passed)  # type: ignore[method-assign]
+    SqliteLedger.record_intents = _then(SqliteLedger.record_intents, passed)  # type: ignore[method-assign]
 
 
 def _then(method: Any, passed: Passed) -> Any:
