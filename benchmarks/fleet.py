@@ -816,7 +816,9 @@ def death_row(d: Death) -> str:
     )
 
 
-def verdict(met: bool) -> str:
+def verdict(met: bool | None) -> str:
+    if met is None:
+        return "(reported)"
     return "**met**" if met else "**missed**"
 
 
@@ -943,7 +945,7 @@ def main() -> None:
             for d in deaths
         ),
         (
-            "the fleet's --concurrency held (most alive at once, realistic runs)",
+            "the fleet's --concurrency held (most alive at once, every run)",
             f"{max(r.max_in_flight for r in runs)}",
             f"≤ {concurrency_real}",
             all(r.max_in_flight <= r.concurrency for r in runs),
@@ -951,12 +953,12 @@ def main() -> None:
         (
             "zero latency: fleet makespan / one process (reported)",
             f"{zero_fleet:.2f}x, worst of 1, 2 and 4 workers",
-            "≤ 1.10",
-            zero_fleet <= 1.10,
+            "none",
+            None,
         ),
     ]
     tables.append(
-        "| target | result | target | |\n|---|---|---|---|\n"
+        "| measure | result | target | |\n|---|---|---|---|\n"
         + "\n".join(f"| {a} | {b} | {c} | {verdict(m)} |" for a, b, c, m in targets)
     )
 

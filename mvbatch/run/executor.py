@@ -53,6 +53,13 @@ The rules that keep money and work safe, in the order they happen:
    the run at once (exit 4) and fails nothing: a task that was new goes back
    to `planned`; an intent from before (a re-send, a retry) stays
    `submitting`, POSTed again under its key by the next run.
+9. Every run is a worker among those on its ledger (`fleet.py`): the intent
+   is also a claim, with a lease a heartbeat renews. A task another live
+   worker holds is never sent or polled here; one whose holder is gone (its
+   lease over, or its pid gone on this machine) is taken over: polled if it
+   has a task id, sent again under the same key if not. `--concurrency` is
+   the fleet's: the intent is refused (`busy`) while the manifest has that
+   many tasks in flight, every worker's counted, and tried again later.
 
 Order: unanswered POSTs first, then new tasks taking turns between latency
 classes (so every class's price and latency are learned in the first wave),
@@ -86,6 +93,10 @@ from mvbatch.run.results import RunResult, Snapshot
 from mvbatch.run.submit import Submitter
 
 STOP_GRACE = 10.0  # seconds a stopping run waits for POSTs already sent to answer
+# A worker with nothing of its own left watches the tasks other workers hold:
+# this often (seconds), reading them one by one while they are this few.
+WATCH_EVERY = 1.0
+WATCH_ONE_BY_ONE = 200
 
 log = logs.get("mvbatch.run.executor")
 
@@ -500,29 +511,34 @@ class Executor:
             if not watched:
                 return
             self.fleet.saw_others = True
-            rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
-            self.fleet.release_the_dead(rows[k] for k in watched if k in rows)
+            rows = self._rows_of(watched)
+            self.fleet.release_the_dead(rows.values())
             for key, job in watched.items():
                 row = rows.get(key)
                 if row is None:  # the ledger does not know it: nothing to wait for
                     job.elsewhere = False
-                    continue
-                if row.status in IN_FLIGHT:
-                    mine = self.fleet.claim(key)
-                    if mine is not None:
-                        self._adopt(job, mine)
-                    continue
-                job.elsewhere = False
-                self._sync(job, row)
-                if row.status == "planned":  # sent back (a wrong URL elsewhere): ours to send
-                    self.board.queue.append(job)
+                elif row.status not in IN_FLIGHT:
+                    job.elsewhere = False
+                    self._sync(job, row)
+                    if row.status == "planned":  # sent back (a wrong URL elsewhere): ours
+                        self.board.queue.append(job)
+            self._take_over_abandoned()  # in flight, but its holder is gone
             if self.board.queue:
                 await self._submit_queued()
             if self._drivers:
                 await self._await_in_flight()
             elif any(j.elsewhere for j in self.board.jobs):
+                # Nothing of its own left: look again soon, so that the worker
+                # ends close to the fleet's last task (one read per task watched).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.board.changed(), self.fleet.wait)
+                    await asyncio.wait_for(self.board.changed(), min(WATCH_EVERY, self.fleet.wait))
+
+    def _rows_of(self, watched: dict[str, TaskJob]) -> dict[str, TaskRow]:
+        """The ledger's rows of the watched tasks: one by one when few, else the plan's."""
+        if len(watched) <= WATCH_ONE_BY_ONE:
+            found = (self.ledger.task(self.env, key) for key in watched)
+            return {row.key: row for row in found if row is not None}
+        return {r.key: r for r in self.ledger.tasks(self.env, self.plan.name) if r.key in watched}
 
     def _settle_with_the_ledger(self) -> None:
         """The board as the ledger has it now that this worker is done sending.
