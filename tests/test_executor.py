@@ -849,3 +849,17 @@ async def test_a_payload_that_reads_local_files_is_built_off_the_event_loop(
     assert result.counts == {"succeeded": 2}
     assert threads["image"] != threading.main_thread().name
     assert threads["text0"] == threading.main_thread().name
+
+
+async def test_committed_at_the_end_is_the_ledgers_when_the_server_reprices_a_class(
+    tmp_path: Path, repo: Path
+) -> None:
+    """The demo: one class's server estimate is lower than the plan's. Whatever the run
+    believed of other processes' spend along the way, it ends saying what the ledger holds."""
+    plan = planned(repo / "jobs" / "demo.toml", tmp_path / "state")
+    sim = InProcessSim(speed=0)
+    result, ledger = await run(tmp_path, plan, sim.api(), cap=plan.max_usd)
+    assert result.counts == {"succeeded": 9}
+    in_ledger = sum((row.committed for row in ledger.tasks("sim", plan.name)), Decimal(0))
+    assert result.spent == in_ledger
+    assert result.committed == in_ledger

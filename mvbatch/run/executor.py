@@ -558,10 +558,12 @@ class Executor:
         for job, row in drifted:
             self.budget.forget(job)
             self._sync(job, row)
-        if self.fleet.saw_others:
-            total = sum((r.committed for r in rows.values()), Decimal(0))
-            board = self.board.committed + self.budget.others_committed
-            self.budget.elsewhere = max(Decimal(0), total - board)
+        # What other processes committed, as the ledger has it now: during the
+        # run `elsewhere` kept the largest difference a reservation showed,
+        # which a task re-priced meanwhile can leave too high.
+        total = sum((r.committed for r in rows.values()), Decimal(0))
+        board = self.board.committed + self.budget.others_committed
+        self.budget.elsewhere = max(Decimal(0), total - board)
 
     def _adopt(self, job: TaskJob, row: TaskRow) -> None:
         """Take over a task whose holder is gone: re-send its POST (same key) or poll it."""
