@@ -28,6 +28,7 @@ from mvbatch.ledger import (
     queries,
 )
 from mvbatch.ledger import sqlite as sqlite_module
+from mvbatch.ledger import steps as steps_module
 
 ENV = "sim"
 
@@ -459,10 +460,12 @@ def test_open_ledger_is_a_context_manager_that_closes(tmp_path: Path) -> None:
 
 def used_query_names() -> set[str]:
     used: set[str] = set()
-    for module in (sqlite_module, migrations):
+    for module in (sqlite_module, steps_module, migrations):
         source = Path(module.__file__ or "").read_text(encoding="utf-8")
         used |= set(re.findall(r'Q\["([a-z0-9_]+)"\]', source))
         used |= set(re.findall(r"_transition\(\s*db,\s*\"([a-z0-9_]+)\"", source))
+        # The shared steps name their statements to the backend's primitives.
+        used |= set(re.findall(r"self\._(?:run|all|many)\(\s*\w+,\s*\"([a-z0-9_]+)\"", source))
     return used
 
 
@@ -471,8 +474,9 @@ def test_every_named_query_is_used_and_every_name_used_exists() -> None:
 
 
 def test_no_sql_outside_the_query_file_but_the_frozen_schema_and_pragmas() -> None:
-    source = Path(sqlite_module.__file__ or "").read_text(encoding="utf-8")
-    assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA)\b", source)
+    for module in (sqlite_module, steps_module):
+        source = Path(module.__file__ or "").read_text(encoding="utf-8")
+        assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA)\b", source)
 
 
 def test_queries_are_parsed_by_name_without_their_comments() -> None:

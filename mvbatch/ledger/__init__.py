@@ -4,8 +4,9 @@ Owns: what was planned, sent, answered, charged and downloaded, for every
 task of every manifest, across runs and crashes; the runs themselves; what
 the server taught us (rates, latencies). Callers speak to it through the
 `Ledger` protocol (`interface.py`, each operation with its guarantee) and get
-one from `open_ledger`; `SqliteLedger` (`sqlite.py`) is the implementation,
-its schema in `migrations.py` and its statements in `queries.sql`.
+one from `open_ledger`: `SqliteLedger` on a path (its schema in
+`migrations.py`), `PostgresLedger` on a `postgresql://` URL; both run the steps
+of `steps.py` over the statements of `queries.sql`.
 
 Must not: talk to the network, decide anything (it records what the executor,
 the downloader and the user decided), store the API key, or import a later
@@ -15,7 +16,10 @@ stage (api, run, downloads, report, ui): it sits below them all.
     charges.py     what a failed task cost, in the words every view shares
     interface.py   the Ledger protocol
     reserve.py     intents decided under the write lock (cap, claims, in-flight limit), in steps
+    steps.py       SqlLedger: every operation written once, over a backend's primitives
     sqlite.py      SqliteLedger, on ledger.sqlite under the state folder
+    postgres.py    PostgresLedger, on a postgresql:// database a fleet of workers shares
+    codec.py       how values are stored and read back, the same on both backends
     connection.py  the SQLite file and connection: made whole, checked at open (a damaged
                    ledger is copied aside, never changed), backed up; WAL, BEGIN IMMEDIATE
     migrations.py  the schema as named migrations, applied once each
