@@ -23,6 +23,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from mvbatch import logs
 from mvbatch.ledger import Ledger, TaskRow
@@ -33,16 +34,26 @@ WAIT_AT_MOST = 5.0  # seconds between looks at what other workers hold
 log = logs.get("mvbatch.run.fleet")
 
 
+def here() -> str:
+    """This machine as far as pids go: the host name, and the pid namespace where there is
+    one (containers sharing a host name, `--network host`, do not share their pids)."""
+    try:
+        namespace = f"~{Path('/proc/self/ns/pid').stat().st_ino}"
+    except OSError:
+        namespace = ""
+    return socket.gethostname().replace(":", "_") + namespace
+
+
 def worker_id() -> str:
-    """This process's name among the workers: its host, its pid, and a nonce."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """This process's name among the workers: where it runs, its pid, and a nonce."""
+    return f"{here()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def dead_here(worker: str) -> bool:
     """Whether `worker` ran on this machine and its process is gone (it cannot beat again)."""
     host, _, rest = worker.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
+    if host != here() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
     if pid == os.getpid():
