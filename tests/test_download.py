@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import json
 import os
 import re
 import string
@@ -139,7 +140,11 @@ def test_hostile_names_cannot_escape_the_output_folder(tmp_path: Path, hostile: 
     assert len(component.encode()) <= 80
     base = add_task(open_ledger(tmp_path / "state"), ENV, task_row("mvb1-" + "a" * 32, "shot"))
     row = dataclasses.replace(
-        base, key=f"mvb1-{hostile}", manifest=hostile, shot=hostile, variant={hostile: hostile}
+        base,
+        key=f"mvb1-{hostile}",
+        manifest=hostile,
+        shot=hostile,
+        variant_json=json.dumps({hostile: hostile}),
     )
     target = contained(folder, output_relpath(row, 0))
     assert target is not None

@@ -466,6 +466,7 @@ def used_query_names() -> set[str]:
         used |= set(re.findall(r"_transition\(\s*db,\s*\"([a-z0-9_]+)\"", source))
         # The shared steps name their statements to the backend's primitives.
         used |= set(re.findall(r"self\._(?:run|all|many)\(\s*\w+,\s*\"([a-z0-9_]+)\"", source))
+        used |= set(re.findall(r"self\._each\(\s*\"([a-z0-9_]+)\"", source))
     return used
 
 

@@ -126,6 +126,36 @@ def test_a_task_walks_its_lifecycle_with_an_event_per_step(ledger: Ledger) -> No
     assert ledger.latencies(ENV) == {"kling-v2-6 std": [12.5]}
 
 
+def test_the_reads_for_large_ledgers_say_what_the_whole_rows_say(ledger: Ledger) -> None:
+    """`each_task`, `task_states`, `rerolls` and `manifest_outputs` agree with the
+    row-by-row reads, in planned order, and see only the manifest's tasks."""
+    ledger.ensure_tasks(ENV, [row("mvb1-b"), row("mvb1-a"), row("mvb1-c", rerolled_from="mvb1-b")])
+    ledger.ensure_tasks(ENV, [row("mvb1-x", manifest="other")])
+    walk(ledger, "mvb1-a")
+    walk(ledger, "mvb1-x")
+    ledger.record_download(ENV, "mvb1-a", 0, "demo/car/a.mp4", "ab" * 32, 1234, "stat")
+    whole = ledger.tasks(ENV, "demo")
+    assert [t.key for t in whole] == ["mvb1-b", "mvb1-a", "mvb1-c"]
+    assert list(ledger.each_task(ENV, "demo")) == whole
+    assert [t.key for t in ledger.each_task(ENV)] == ["mvb1-b", "mvb1-a", "mvb1-c", "mvb1-x"]
+    assert list(ledger.task_states(ENV, "demo").items()) == [
+        ("mvb1-b", "planned"),
+        ("mvb1-a", "succeeded"),
+        ("mvb1-c", "planned"),
+    ]
+    (reroll,) = ledger.rerolls(ENV, "demo")
+    assert (reroll.key, reroll.rerolled_from) == ("mvb1-c", "mvb1-b")
+    assert ledger.manifest_outputs(ENV, "demo") == {"mvb1-a": ledger.outputs(ENV, "mvb1-a")}
+    assert ledger.manifest_outputs(ENV, "other") == {"mvb1-x": ledger.outputs(ENV, "mvb1-x")}
+    # The rows share their repeated values, and decode their JSON on each read.
+    b, a, _c = whole
+    assert b.manifest is a.manifest
+    assert b.estimate_local is a.estimate_local
+    assert a.input == {"prompt": "p", "mode": "std"}
+    assert a.shots == ["car"]
+    assert a.server_events is None
+
+
 def test_the_cap_is_held_by_the_ledger(ledger: Ledger) -> None:
     ledger.ensure_tasks(ENV, [row(f"mvb1-{n}") for n in range(3)])
     cap = Decimal("0.09")

@@ -106,7 +106,7 @@ def mixed_ledger(settings: Settings, plan: Plan, env: str = "sim") -> Ledger:
     """car-rain: 2 succeeded (one over its estimate), 1 failed; dog-beach: 1 running, 1 new."""
     ledger = open_ledger(settings.state_dir)
     ledger.start_run(env, plan.name, "http://api.test", None)
-    rows = planned_rows(plan)
+    rows = list(planned_rows(plan))
     assert [r["shot"] for r in rows] == ["car-rain"] * 3 + ["dog-beach"] * 2
     add_task(ledger, env, rows[0], urls=[url(0)])
     add_task(

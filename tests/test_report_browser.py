@@ -102,7 +102,7 @@ def build_sheet(tmp_path: Path, shots: int | None = None) -> tuple[ReportResult,
     plan = build_plan(manifest, settings, "sim")
     ledger = open_ledger(settings.state_dir)
     ledger.start_run("sim", plan.name, "http://sim", None)
-    rows = planned_rows(plan)
+    rows = list(planned_rows(plan))
     succeeded = 0
     for n, row in enumerate(rows):
         if n == 2:

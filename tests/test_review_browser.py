@@ -103,7 +103,7 @@ def test_review_in_chromium_keyboard_mouse_token_and_a_take_landing(
     manifest = tmp_path / "review.toml"
     manifest.write_text(MANIFEST, encoding="utf-8")
     plan = build_plan(manifest, settings, "sim")
-    rows = planned_rows(plan)
+    rows = list(planned_rows(plan))
     keys = [row["key"] for row in rows]
     ledger = open_ledger(settings.state_dir)
     ledger.start_run("sim", plan.name, "http://sim", None)

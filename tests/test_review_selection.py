@@ -366,7 +366,7 @@ def test_a_recorded_reroll_the_recipe_no_longer_gives_is_left_alone(
 ) -> None:
     the_plan, ledger = plan_and_ledger
     hero = key_of(the_plan, "hero", mode="pro", duration=10)
-    row = {**planned_rows(the_plan)[0], "key": "mvb1-" + "0" * 32, "take": 2}
+    row = {**next(planned_rows(the_plan)), "key": "mvb1-" + "0" * 32, "take": 2}
     ledger.ensure_tasks("sim", [{**row, "rerolled_from": hero}])
     full, found = with_rerolls(the_plan, ledger.tasks("sim", "review"))
     assert found == ()

@@ -130,20 +130,22 @@ def selected(
         return select(the_plan, [], {}, kind)
     side = env or default_env(settings)
     with open_ledger(settings.ledger_location()) as ledger:
+        if kind == "all":  # what a plain run runs needs only each task's status
+            status = ledger.task_states(side, the_plan.name)
+            return select(the_plan, ledger.rerolls(side, the_plan.name), {}, kind, status)
         rows = ledger.tasks(side, the_plan.name)
-        verdicts = ledger.verdicts(side, the_plan.name) if kind != "all" else {}
-        return select(the_plan, rows, verdicts, kind)
+        return select(the_plan, rows, ledger.verdicts(side, the_plan.name), kind)
 
 
 def planned_rows(
     the_plan: Plan, rerolled_from: Mapping[str, str] | None = None
-) -> list[dict[str, Any]]:
-    """The plan's tasks as ledger rows (`Ledger.ensure_tasks`).
+) -> Iterator[dict[str, Any]]:
+    """The plan's tasks as ledger rows (`Ledger.ensure_tasks`), made as they are written.
 
     `rerolled_from`: for each re-rolled take's key, the rejected take it replaces.
     """
     replaces = rerolled_from or {}
-    return [
+    return (
         {
             "key": t.key,
             "manifest": t.manifest,
@@ -161,4 +163,4 @@ def planned_rows(
             "rerolled_from": replaces.get(t.key),
         }
         for t in the_plan.tasks
-    ]
+    )

@@ -31,10 +31,9 @@ def report_manifest(path: Path, settings: Settings, *, download: bool) -> Report
     with open_ledger(settings.ledger_location()) as ledger:
         run = ledger.last_run(name)
         env = str(run["env"]) if run is not None else default_env(settings)
-        rows = ledger.tasks(env, name)
         # Re-rolled takes (`run --reroll-rejected`) were planned: not "from an earlier manifest".
-        the_plan, _ = with_rerolls(build_plan(path, settings, env), rows)
-        return report_command(settings, ledger, the_plan, env, download=download, rows=rows)
+        the_plan, _ = with_rerolls(build_plan(path, settings, env), ledger.rerolls(env, name))
+        return report_command(settings, ledger, the_plan, env, download=download)
 
 
 def merged_report(path: Path, settings: Settings, locations: Sequence[str]) -> ReportResult:

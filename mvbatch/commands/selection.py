@@ -82,10 +82,17 @@ def select(
     rows: Sequence[TaskRow],
     verdicts: Mapping[str, Verdict],
     kind: Kind = "all",
+    status: Mapping[str, str] | None = None,
 ) -> Selection:
-    """The plan to run; `rows` are the manifest's ledger rows on the run's side, in order."""
+    """The plan to run; `rows` are the manifest's ledger rows on the run's side, in order.
+
+    `status`: each row's status by key, when the caller read only that of a
+    large ledger; then `rows` need only hold the re-rolled takes
+    (`Ledger.rerolls`) for `kind` "all", which reads nothing else of a row.
+    """
     full, recorded = with_rerolls(plan, rows)
-    status = {r.key: r.status for r in rows}
+    if status is None:
+        status = {r.key: r.status for r in rows}
     rerolls: tuple[Reroll, ...] = ()
     shots: tuple[str, ...] = tuple(s.id for s in plan.manifest.manifest.shots)
     if kind == "all":

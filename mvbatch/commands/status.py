@@ -18,9 +18,9 @@ from mvbatch.commands.selection import with_rerolls
 from mvbatch.errors import MvbatchError
 from mvbatch.ledger import IN_FLIGHT, STATUSES, Ledger, TaskRow, open_ledger
 from mvbatch.ledger import exists as ledger_exists
-from mvbatch.ledger.charges import charge_of, failures_by_charge
+from mvbatch.ledger.charges import Charge, charge_of, failures_by_charge
 from mvbatch.plan import manifest
-from mvbatch.plan.planner import Plan
+from mvbatch.plan.planner import Plan, PlannedTask
 from mvbatch.settings import Settings
 
 log = logs.get("mvbatch.commands.status")
@@ -44,45 +44,34 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     loaded = manifest.load(manifest_of(path))
     name = loaded.manifest.name
     cap = loaded.manifest.budget.max_usd
-    rows: list[TaskRow] = []
-    unknown: dict[str, int] = {}
     run: dict[str, Any] | None = None
     env = default_env(settings)
-    if ledger_exists(settings.ledger_location()):
+    tally: _Tally | None = None
+    unknown: dict[str, int] = {}
+    if not ledger_exists(settings.ledger_location()):
+        the_plan, plan_error = _status_plan(path, settings, env, has_rows=False)
+    else:
         with open_ledger(settings.ledger_location()) as ledger:
             run = ledger.last_run(name)
             if run is not None:
                 env = str(run["env"])
-            rows = ledger.tasks(env, name)
-            unknown = _unknown_statuses(ledger, env, rows)
-    the_plan, plan_error = _status_plan(path, settings, env, bool(rows))
-    if the_plan is not None:  # re-rolled takes (`run --reroll-rejected`) were planned too
-        the_plan, _ = with_rerolls(the_plan, rows)
-    planned = {t.key: t for t in the_plan.tasks} if the_plan is not None else None
-    if planned is not None:
-        rows = [r for r in rows if r.key in planned or r.status != "planned"]
-    known = {r.key for r in rows}
-    unseen = [t for t in planned.values() if t.key not in known] if planned is not None else []
-    counts = dict.fromkeys(STATUSES, 0)
-    for row in rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
+            has_rows = bool(ledger.task_states(env, name))
+            the_plan, plan_error = _status_plan(path, settings, env, has_rows=has_rows)
+            if the_plan is not None:  # re-rolled takes (`run --reroll-rejected`) were planned too
+                the_plan, _ = with_rerolls(the_plan, ledger.rerolls(env, name))
+            # One pass over the rows, one at a time: 100,000 of them are never held.
+            tally = _Tally(the_plan)
+            for row in ledger.each_task(env, name):
+                tally.add(row)
+            unknown = _unknown_statuses(ledger, env, tally.let_go)
+    if tally is None:
+        tally = _Tally(the_plan)
+    unseen = tally.unseen()
+    counts = tally.counts
     counts["planned"] += len(unseen)
-    states = dict.fromkeys(("new", "in_flight", "done", "failed"), 0)
-    for row in rows:
-        states[row.plan_state] += 1
+    states = tally.states
     states["new"] += len(unseen)
-    actual = sum((r.cost_actual for r in rows if r.cost_actual is not None), Decimal(0))
-    committed = sum((r.committed for r in rows), Decimal(0))
-
-    def left_estimate(row: TaskRow) -> Decimal:
-        if row.status == "planned" and planned is not None and row.key in planned:
-            return planned[row.key].estimate.cost  # what `run` would hold against the cap
-        return row.cost_estimate if row.cost_estimate is not None else row.estimate_local
-
-    unfinished = [r for r in rows if r.status in ("planned", *IN_FLIGHT)]
-    left_cost = sum((left_estimate(r) for r in unfinished), Decimal(0)) + sum(
-        (t.estimate.cost for t in unseen), Decimal(0)
-    )
+    left_cost = tally.left_cost + sum((t.estimate.cost for t in unseen), Decimal(0))
 
     def number(value: Decimal | None) -> float | None:
         return None if value is None else float(value)
@@ -91,16 +80,14 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
         "manifest": name,
         "env": env,
         "simulated": env == "sim",
-        "tasks": len(rows) + len(unseen),
+        "tasks": tally.tasks + len(unseen),
         "counts": counts,
         "states": states,
-        "spend": {"actual": number(actual), "committed": number(committed)},
-        "left": {"tasks": len(unfinished) + len(unseen), "cost_estimate": number(left_cost)},
+        "spend": {"actual": number(tally.actual), "committed": number(tally.committed)},
+        "left": {"tasks": tally.unfinished + len(unseen), "cost_estimate": number(left_cost)},
         "max_usd": number(cap),
-        "budget_left": None if cap is None else number(cap - committed),
-        "failures_by_charge": failures_by_charge(
-            (r.status, charge_of(r.status, r.cost_actual, r.cost_estimate)) for r in rows
-        ),
+        "budget_left": None if cap is None else number(cap - tally.committed),
+        "failures_by_charge": failures_by_charge(tally.charges),
         "plan": None
         if the_plan is None
         else {
@@ -117,16 +104,66 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     }
 
 
+class _Tally:
+    """What `status` says of the ledger's rows, summed as they are read.
+
+    A row still `planned` but no longer in the manifest's plan (an edited
+    shot) is left out: no run will submit it.
+    """
+
+    def __init__(self, plan: Plan | None) -> None:
+        self.planned = {t.key: t for t in plan.tasks} if plan is not None else None
+        self.known: set[str] = set()
+        self.tasks = 0
+        self.counts = dict.fromkeys(STATUSES, 0)
+        self.states = dict.fromkeys(("new", "in_flight", "done", "failed"), 0)
+        self.actual = Decimal(0)
+        self.committed = Decimal(0)
+        self.unfinished = 0
+        self.left_cost = Decimal(0)
+        self.charges: list[tuple[str, Charge]] = []
+        self.let_go: list[TaskRow] = []  # in flight, with the server's words kept
+
+    def add(self, row: TaskRow) -> None:
+        planned = self.planned
+        if planned is not None and row.key not in planned and row.status == "planned":
+            return
+        self.known.add(row.key)
+        self.tasks += 1
+        self.counts[row.status] = self.counts.get(row.status, 0) + 1
+        self.states[row.plan_state] += 1
+        if row.cost_actual is not None:
+            self.actual += row.cost_actual
+        self.committed += row.committed
+        if row.status in ("planned", *IN_FLIGHT):
+            self.unfinished += 1
+            if row.status == "planned" and planned is not None:
+                self.left_cost += planned[row.key].estimate.cost  # what `run` would hold
+            elif row.cost_estimate is not None:
+                self.left_cost += row.cost_estimate
+            else:
+                self.left_cost += row.estimate_local
+        if row.status in IN_FLIGHT and row.error:
+            self.let_go.append(row)
+        charge = charge_of(row.status, row.cost_actual, row.cost_estimate)
+        if charge is not None:
+            self.charges.append((row.status, charge))
+
+    def unseen(self) -> list[PlannedTask]:
+        """The plan's tasks the ledger has never seen: `planned`, left, at the plan's estimate."""
+        if self.planned is None:
+            return []
+        return [t for t in self.planned.values() if t.key not in self.known]
+
+
 def _unknown_statuses(ledger: Ledger, env: str, rows: list[TaskRow]) -> dict[str, int]:
     """How many tasks in flight a run let go in an undocumented status, by that status.
 
     Such a task keeps the server's words in `error` while in flight, and the
-    event that let it go names the status (`run/follow.py`).
+    event that let it go names the status (`run/follow.py`); `rows` are those.
     """
     found: Counter[str] = Counter()
     for row in rows:
-        if row.status not in IN_FLIGHT or not row.error:
-            continue
         for event in reversed(ledger.events(env, row.key)):
             detail = json.loads(event["detail"]) if event["detail"] else {}
             if detail.get("server_status"):
@@ -136,7 +173,7 @@ def _unknown_statuses(ledger: Ledger, env: str, rows: list[TaskRow]) -> dict[str
 
 
 def _status_plan(
-    path: Path, settings: Settings, env: str, has_rows: bool
+    path: Path, settings: Settings, env: str, *, has_rows: bool
 ) -> tuple[Plan | None, str | None]:
     """The manifest's plan for `status`, or (None, why) when it does not plan but the ledger
     can still speak; without ledger rows the error is the answer."""

@@ -40,6 +40,7 @@ from mvbatch.ledger.interface import Ledger
 from mvbatch.ledger.rows import (
     FAILED,
     IN_FLIGHT,
+    PLAN_STATE,
     STATUSES,
     VERDICTS,
     Intent,
@@ -162,4 +163,5 @@ def plan_states(where: str | Path, manifest: str, keys: list[str], env: str) -> 
         return {}
     with open_ledger(where) as ledger:
         wanted = set(keys)
-        return {row.key: row.plan_state for row in ledger.tasks(env, manifest) if row.key in wanted}
+        found = ledger.task_states(env, manifest).items()
+        return {key: PLAN_STATE.get(status, "new") for key, status in found if key in wanted}

@@ -22,7 +22,7 @@ The guarantees every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol, Self
 
@@ -67,6 +67,22 @@ class Ledger(Protocol):
 
     def tasks(self, env: str, manifest: str | None = None) -> list[TaskRow]:
         """The manifest's tasks (every manifest's when None), in the order first planned."""
+        ...
+
+    def each_task(self, env: str, manifest: str | None = None) -> Iterator[TaskRow]:
+        """`tasks`, one row at a time: a reader that keeps less than every row holds less.
+
+        Read it to its end before the next call on this ledger.
+        """
+        ...
+
+    def task_states(self, env: str, manifest: str) -> dict[str, str]:
+        """Each of the manifest's tasks' status by key, in the order first planned: all
+        `plan` needs of a ledger of 100,000 tasks."""
+        ...
+
+    def rerolls(self, env: str, manifest: str) -> list[TaskRow]:
+        """The manifest's re-rolled takes (`rerolled_from` set), in the order first planned."""
         ...
 
     def events(self, env: str, key: str) -> list[dict[str, Any]]:
@@ -284,6 +300,10 @@ class Ledger(Protocol):
 
     def outputs(self, env: str, key: str) -> list[Output]:
         """The task's outputs in order, with what was downloaded of each."""
+        ...
+
+    def manifest_outputs(self, env: str, manifest: str) -> dict[str, list[Output]]:
+        """`outputs` of each of the manifest's tasks that has any, by key, in one read."""
         ...
 
     def undownloaded(self, env: str, manifest: str) -> set[str]:

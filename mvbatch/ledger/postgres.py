@@ -318,6 +318,12 @@ class PostgresLedger(SqlLedger):
         with self._reachable():
             return self.conn.execute(Q[name], dict(values)).fetchall()
 
+    def _each(self, name: str, values: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        # A client-side cursor: libpq holds the result as compact text, and a
+        # row becomes a dict only as it is read.
+        with self._reachable():
+            yield from self.conn.execute(Q[name], dict(values))
+
     def _many(
         self,
         db: psycopg.Connection[dict[str, Any]],

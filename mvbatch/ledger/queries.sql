@@ -42,6 +42,15 @@ SELECT * FROM tasks WHERE env = :env AND manifest = :manifest ORDER BY rowid;
 -- Every manifest's tasks on one side (sim or live).
 SELECT * FROM tasks WHERE env = :env ORDER BY rowid;
 
+-- name: task_states
+-- Each of a manifest's tasks' status alone: what `plan` needs of a large ledger.
+SELECT key, status FROM tasks WHERE env = :env AND manifest = :manifest ORDER BY rowid;
+
+-- name: rerolls_of_manifest
+-- The re-rolled takes (`run --reroll-rejected`) of a manifest, first planned first.
+SELECT * FROM tasks
+WHERE env = :env AND manifest = :manifest AND rerolled_from IS NOT NULL ORDER BY rowid;
+
 -- name: events
 SELECT at, previous, status, detail, run_id FROM events
 WHERE env = :env AND key = :key ORDER BY id;
@@ -171,6 +180,13 @@ WHERE env = :env AND key = :key AND idx = :idx;
 -- name: outputs
 SELECT idx, url, path, sha256, bytes, downloaded_at, file_stat, verified_at FROM outputs
 WHERE env = :env AND key = :key ORDER BY idx;
+
+-- name: outputs_of_manifest
+-- Every output of a manifest's tasks in one read (a report of 100,000 tasks).
+SELECT o.key, o.idx, o.url, o.path, o.sha256, o.bytes, o.downloaded_at, o.file_stat,
+    o.verified_at
+FROM outputs o JOIN tasks t ON t.env = o.env AND t.key = o.key
+WHERE o.env = :env AND t.manifest = :manifest ORDER BY o.key, o.idx;
 
 -- name: undownloaded
 -- Keys of a manifest's succeeded tasks with an output not downloaded yet.

@@ -20,6 +20,13 @@ SELECT * FROM tasks WHERE env = :env AND manifest = :manifest ORDER BY seq;
 -- name: tasks_of_env
 SELECT * FROM tasks WHERE env = :env ORDER BY seq;
 
+-- name: task_states
+SELECT key, status FROM tasks WHERE env = :env AND manifest = :manifest ORDER BY seq;
+
+-- name: rerolls_of_manifest
+SELECT * FROM tasks
+WHERE env = :env AND manifest = :manifest AND rerolled_from IS NOT NULL ORDER BY seq;
+
 -- name: ensure_task
 -- A planned task the ledger does not know yet; a known one is left as it is.
 INSERT INTO tasks (

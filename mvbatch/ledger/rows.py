@@ -3,8 +3,8 @@
 Owns: the shapes every backend takes and returns (`Intent`, `TaskRow`,
 `Output`, `Reservation`), the task statuses and their groups, and
 `committed_cost`, the one rule for how much a task stands for. Pure data: no
-SQL, no I/O, nothing about how a backend stores a value (that decoding lives
-with the backend).
+SQL, no I/O; a row's JSON columns stay the compact text every backend stores
+(`codec.as_json`) until they are read.
 
 A task's life (`status`); every change appends an event:
 
@@ -19,6 +19,7 @@ committed right after it returns.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -50,17 +51,24 @@ PLAN_STATE = {
 
 @dataclass(frozen=True, slots=True)
 class TaskRow:
-    """One task as the ledger knows it (a snapshot; the ledger is the truth)."""
+    """One task as the ledger knows it (a snapshot; the ledger is the truth).
+
+    The shot list, variant, input and the server's events are kept as the
+    ledger stores them (compact JSON text) and decoded on each read of
+    `shots`, `variant`, `input` or `server_events`: `status` and `run` never
+    read them, and 100,000 rows of decoded dicts were most of a large
+    ledger's 3.4 KB a row (hold what you decode if you read it twice).
+    """
 
     env: str
     key: str
     manifest: str
     shot: str
-    shots: list[str]
-    variant: dict[str, Any]
+    shots_json: str
+    variant_json: str
     take: int
     model: str
-    input: dict[str, Any]
+    input_json: str
     price_class: str
     seconds: Decimal | None
     upper_bound: bool
@@ -74,7 +82,7 @@ class TaskRow:
     cost_estimate: Decimal | None
     cost_actual: Decimal | None
     error: str | None
-    server_events: Any
+    server_events_json: str | None
     submissions: int
     polls: int
     run_id: int | None
@@ -94,6 +102,25 @@ class TaskRow:
     # (seconds since the epoch, the ledger's clock): past it, another may take it.
     claimed_by: str | None = None
     lease_until: float | None = None
+
+    @property
+    def shots(self) -> list[str]:
+        shots: list[str] = json.loads(self.shots_json)
+        return shots
+
+    @property
+    def variant(self) -> dict[str, Any]:
+        variant: dict[str, Any] = json.loads(self.variant_json)
+        return variant
+
+    @property
+    def input(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.input_json)
+        return value
+
+    @property
+    def server_events(self) -> Any:
+        return json.loads(self.server_events_json) if self.server_events_json else None
 
     @property
     def plan_state(self) -> str:

@@ -77,6 +77,12 @@ class SqliteLedger(SqlLedger):
         # savepoint, in case it is not a read: two more statements per read.
         return _dicts((db or self.db).conn.execute(Q[name], dict(values)))
 
+    def _each(self, name: str, values: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        cursor = self.db.conn.execute(Q[name], dict(values))
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row, strict=True))
+
     def _many(
         self, db: sqlite_utils.Database, name: str, rows: Sequence[Mapping[str, Any]]
     ) -> None:

@@ -2,7 +2,8 @@
 
 Owns: the `Ledger` protocol's operations written once, over named statements
 (`queries.sql`) and a few primitives each backend supplies: a transaction,
-running a statement (its row count), reading rows as dicts, running one
+running a statement (its row count), reading rows as dicts (all at once, or
+one at a time for the large reads), running one
 statement for many rows, the clock leases are measured on, a run's new id, and
 the locks a step of intents takes before it reads. Must not: open a database,
 name one, or hold SQL of its own.
@@ -14,14 +15,15 @@ a step records is made here, once, for both.
 
 from __future__ import annotations
 
+import itertools
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from decimal import Decimal
 from typing import Any, Self
 
-from mvbatch.ledger.codec import as_json, money, task_row
+from mvbatch.ledger.codec import Shared, as_json, money, task_row
 from mvbatch.ledger.codec import committed as group_committed
 from mvbatch.ledger.connection import now
 from mvbatch.ledger.reserve import Step, distinct_keys, intent_writes, standing
@@ -33,6 +35,9 @@ from mvbatch.ledger.rows import (
     TaskRow,
     Verdict,
 )
+
+# Rows of `ensure_tasks` a statement is run for at a time.
+ENSURE_BATCH = 2000
 
 
 class SqlLedger(ABC):
@@ -51,6 +56,11 @@ class SqlLedger(ABC):
     @abstractmethod
     def _all(self, db: Any | None, name: str, values: Mapping[str, Any]) -> list[dict[str, Any]]:
         """The rows the named read returns, as dicts; `db` None: outside any step."""
+
+    @abstractmethod
+    def _each(self, name: str, values: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+        """The rows of the named read, outside any step, one at a time: a read of
+        100,000 tasks never holds them all as dicts at once."""
 
     @abstractmethod
     def _many(self, db: Any, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -117,11 +127,25 @@ class SqlLedger(ABC):
         return task_row(rows[0]) if rows else None
 
     def tasks(self, env: str, manifest: str | None = None) -> list[TaskRow]:
+        return list(self.each_task(env, manifest))
+
+    def each_task(self, env: str, manifest: str | None = None) -> Iterator[TaskRow]:
         if manifest is None:
-            found = self._all(None, "tasks_of_env", {"env": env})
+            found = self._each("tasks_of_env", {"env": env})
         else:
-            found = self._all(None, "tasks_of_manifest", {"env": env, "manifest": manifest})
-        return [task_row(r) for r in found]
+            found = self._each("tasks_of_manifest", {"env": env, "manifest": manifest})
+        shared = Shared()
+        for row in found:
+            yield task_row(row, shared)
+
+    def task_states(self, env: str, manifest: str) -> dict[str, str]:
+        found = self._each("task_states", {"env": env, "manifest": manifest})
+        return {r["key"]: r["status"] for r in found}
+
+    def rerolls(self, env: str, manifest: str) -> list[TaskRow]:
+        shared = Shared()
+        found = self._each("rerolls_of_manifest", {"env": env, "manifest": manifest})
+        return [task_row(r, shared) for r in found]
 
     def events(self, env: str, key: str) -> list[dict[str, Any]]:
         return list(self._all(None, "events", {"env": env, "key": key}))
@@ -130,7 +154,7 @@ class SqlLedger(ABC):
 
     def ensure_tasks(self, env: str, rows: Iterable[Mapping[str, Any]]) -> None:
         stamp = now()
-        values = [
+        values = (
             {
                 "env": env,
                 "key": r["key"],
@@ -150,9 +174,12 @@ class SqlLedger(ABC):
                 "stamp": stamp,
             }
             for r in rows
-        ]
+        )
+        # One transaction, written a batch at a time: 100,000 rows are never
+        # all held as dicts of text at once.
         with self.transaction() as db:
-            self._many(db, "ensure_task", values)
+            while batch := list(itertools.islice(values, ENSURE_BATCH)):
+                self._many(db, "ensure_task", batch)
 
     def _transition(
         self,
@@ -436,6 +463,13 @@ class SqlLedger(ABC):
 
     def outputs(self, env: str, key: str) -> list[Output]:
         return [Output(**r) for r in self._all(None, "outputs", {"env": env, "key": key})]
+
+    def manifest_outputs(self, env: str, manifest: str) -> dict[str, list[Output]]:
+        found: dict[str, list[Output]] = {}
+        for r in self._each("outputs_of_manifest", {"env": env, "manifest": manifest}):
+            values = dict(r)
+            found.setdefault(values.pop("key"), []).append(Output(**values))
+        return found
 
     def undownloaded(self, env: str, manifest: str) -> set[str]:
         return {

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mvbatch.errors import ManifestError, MediaError, Problem
 from mvbatch.money import total
@@ -34,6 +34,8 @@ Variant = tuple[tuple[str, Any], ...]
 # Twice the 100,000 tasks the planning benchmark plans in about 2 s and
 # 140 MB; ten million would take minutes and every gigabyte there is.
 MAX_TASKS = 200_000
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +103,13 @@ class _Builder:
     tasks: dict[str, PlannedTask] = field(default_factory=dict)
     # Only for tasks asked for by more than one shot: every shot, in order.
     shared: dict[str, list[str]] = field(default_factory=dict)
+    # One object for each variant and estimate that many tasks share (every
+    # shot's matrix names the same variants; a price tier has one estimate
+    # per length): about a third of a 100,000-task plan's memory otherwise.
+    # Keyed with the values' types (`true` and `1` compare equal) and the
+    # estimates' decimal texts (so do `1.0` and `1.00`): the same value, exactly.
+    variants: dict[Any, Variant] = field(default_factory=dict)
+    estimates: dict[Any, Estimate] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -233,8 +242,10 @@ def _plan_shot(b: _Builder, shot: Shot) -> None:
     spec = shot.matrix
     combinations = (matrix.expand(spec.axes, spec.exclude, spec.include) if spec else [{}]) or [{}]
 
+    alone = (shot.id,)
     for combination in combinations:
         variant: Variant = tuple(combination.items())
+        variant = _one_of(b.variants, variant, tuple([type(v) for _, v in variant]))
         slug = combination.get("model", shot.model or defaults.model)
         if slug is None:
             b.problems.append(
@@ -274,6 +285,7 @@ def _plan_shot(b: _Builder, shot: Shot) -> None:
             )
         if errors or estimate is None:
             continue
+        estimate = _one_of(b.estimates, estimate, (str(estimate.cost), str(estimate.seconds)))
         for take in range(1, takes + 1):
             key = task_key_from_text(name, model.slug, canonical, take)
             if key in b.tasks:
@@ -282,9 +294,17 @@ def _plan_shot(b: _Builder, shot: Shot) -> None:
                     shots.append(shot.id)
                 continue
             task = PlannedTask(
-                key, name, shot.id, (shot.id,), variant, take, model.slug, resolved, estimate
+                key, name, shot.id, alone, variant, take, model.slug, resolved, estimate
             )
             b.tasks[key] = task
+
+
+def _one_of(memo: dict[Any, _T], value: _T, exactly: tuple[Any, ...]) -> _T:
+    """`value`, or the equal one seen before (`exactly` tells apart values that compare equal)."""
+    try:
+        return memo.setdefault((value, exactly), value)
+    except TypeError:  # unhashable (a list in a matrix value): kept as it is
+        return value
 
 
 def another_take(task: PlannedTask, take: int, input: Mapping[str, Any]) -> PlannedTask:

@@ -18,11 +18,11 @@ format anything (`formats.py`, `html.py`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 from mvbatch import logs
 from mvbatch.downloads import partfile
@@ -31,14 +31,14 @@ from mvbatch.downloads.naming import contained, variant_pairs
 from mvbatch.ledger import Output, TaskRow, Verdict
 from mvbatch.plan import mp4_probe
 from mvbatch.plan.planner import Plan, PlannedTask
-from mvbatch.report.model import OutputEntry, Report, TaskEntry
+from mvbatch.report.model import OutputEntry, Report, StoredInput, TaskEntry
 
 
 def build_report(
     name: str,
     env: str,
-    rows: Sequence[TaskRow],
-    outputs: Mapping[str, Sequence[Output]],
+    rows: Iterable[TaskRow],
+    outputs: MutableMapping[str, list[Output]],
     folder: Path,
     *,
     plan: Plan | None = None,
@@ -50,27 +50,37 @@ def build_report(
 
     Tasks come in plan order (shots as in the manifest, then variants and
     takes), then tasks the ledger has from earlier versions of the manifest.
-    `verdicts` are the latest ones given in `mvbatch review`, by key.
+    `verdicts` are the latest ones given in `mvbatch review`, by key. `rows`
+    are read once, in order, and each becomes its entry as it is read: a
+    stream of them (`Ledger.each_task`) is never held whole. Each task's
+    `outputs` are taken out of the mapping as its entry is made: what the
+    entries keep of them is all that stays.
     """
     fetched = list(fetched)
     failed_now = {(f.key, f.idx): f.error for f in fetched if not f.ok and f.error}
     # Verified or written by this process's downloader moments ago: a stat will do.
     seen = {(f.key, f.idx) for f in fetched if f.ok}
-    by_key = {row.key: row for row in rows}
-    entries: list[TaskEntry] = []
-    for task in plan.tasks if plan is not None else ():
-        row = by_key.pop(task.key, None)
-        # A task never submitted is what the plan says of it now (its estimate
-        # may use a rate learned since the ledger first saw it).
-        entries.append(
-            _from_row(row, outputs, folder, failed_now, seen)
-            if row is not None and row.status != "planned"
-            else _from_plan(task, row.rerolled_from if row is not None else None)
+    planned = {t.key for t in plan.tasks} if plan is not None else set()
+    shared = _Shared()
+    recorded: dict[str, TaskEntry] = {}  # rows the ledger took further than planned
+    rerolled_from: dict[str, str | None] = {}  # the plan's tasks the ledger has as planned
+    for row in rows:
+        if row.key in planned and row.status == "planned":
+            # A task never submitted is what the plan says of it now (its estimate
+            # may use a rate learned since the ledger first saw it).
+            rerolled_from[row.key] = row.rerolled_from
+            continue
+        in_plan = plan is None or row.key in planned
+        recorded[row.key] = _from_row(
+            row, outputs, folder, failed_now, seen, shared=shared, in_plan=in_plan
         )
-    entries.extend(
-        _from_row(row, outputs, folder, failed_now, seen, in_plan=plan is None)
-        for row in by_key.values()
-    )
+    entries: list[TaskEntry] = [
+        recorded.pop(task.key)
+        if task.key in recorded
+        else _from_plan(task, rerolled_from.get(task.key))
+        for task in (plan.tasks if plan is not None else ())
+    ]
+    entries.extend(recorded.values())  # from earlier versions of the manifest
     shot_order = list(
         dict.fromkeys([s.id for s in plan.manifest.manifest.shots] if plan is not None else [])
     )
@@ -86,8 +96,10 @@ def build_report(
             if isinstance(text, str):
                 prompts[shot.id] = text
     for entry in entries:
+        if entry.shot in prompts:
+            continue
         prompt = entry.input.get("prompt")
-        if entry.shot not in prompts and isinstance(prompt, str):
+        if isinstance(prompt, str):
             prompts[entry.shot] = prompt
     return Report(
         name,
@@ -126,17 +138,36 @@ def _from_plan(task: PlannedTask, rerolled_from: str | None = None) -> TaskEntry
     )
 
 
+class _Shared:
+    """One tuple for each shot list and variant the rows of one report repeat
+    (every shot's matrix names the same variants): one object each, not one per task."""
+
+    def __init__(self) -> None:
+        self.shots: dict[str, tuple[str, ...]] = {}
+        self.variants: dict[str, tuple[tuple[str, Any], ...]] = {}
+
+    def of(self, row: TaskRow) -> tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]:
+        shots = self.shots.get(row.shots_json)
+        if shots is None:
+            shots = self.shots[row.shots_json] = tuple(row.shots)
+        variant = self.variants.get(row.variant_json)
+        if variant is None:
+            variant = self.variants[row.variant_json] = tuple(variant_pairs(row.variant))
+        return shots, variant
+
+
 def _from_row(
     row: TaskRow,
-    outputs: Mapping[str, Sequence[Output]],
+    outputs: MutableMapping[str, list[Output]],
     folder: Path,
     failed_now: Mapping[tuple[str, int], str | None],
     seen: set[tuple[str, int]],
     *,
-    in_plan: bool = True,
+    shared: _Shared,
+    in_plan: bool,
 ) -> TaskEntry:
     entries = []
-    for output in outputs.get(row.key, ()):
+    for output in outputs.pop(row.key, ()):
         where = (row.key, output.idx)
         gone = _not_on_disk(folder, output, seen=where in seen) if output.path else None
         if output.path and gone is None:
@@ -156,14 +187,15 @@ def _from_row(
             entries.append(
                 OutputEntry(output.idx, _redacted(output.url), None, None, None, None, why)
             )
+    shots, variant = shared.of(row)
     return TaskEntry(
         row.key,
         row.shot,
-        tuple(row.shots),
-        tuple(variant_pairs(row.variant)),
+        shots,
+        variant,
         row.take,
         row.model,
-        row.input,
+        StoredInput(row.input_json),
         row.status,
         row.estimate_local,
         row.price_class,

@@ -224,9 +224,15 @@ def export_takes(
     folder = report_folder(output_dir, plan.name)
     dest = _usable_dest(dest, folder)
     rows = ledger.tasks(env, plan.name)
-    outputs = {row.key: ledger.outputs(env, row.key) for row in rows}
+    outputs = ledger.manifest_outputs(env, plan.name)
     report = build_report(
-        plan.name, env, rows, outputs, folder, plan=plan, verdicts=ledger.verdicts(env, plan.name)
+        plan.name,
+        env,
+        rows,
+        dict(outputs),  # build_report takes each task's out; they are read again below
+        folder,
+        plan=plan,
+        verdicts=ledger.verdicts(env, plan.name),
     )
     names = take_names(report.tasks)
     exported: list[Exported] = []

@@ -31,8 +31,9 @@ or print.
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -47,6 +48,50 @@ from mvbatch.money import json_number, normalize, usd
 
 PENDING = ("planned", "submitting", "queued", "processing")
 FAILED = ("failed", "rejected")
+
+
+class StoredInput(Mapping[str, Any]):
+    """A task's input as the ledger stores it (compact JSON text), read as a mapping.
+
+    Decoded on each read, never kept decoded: a report of 100,000 tasks holds
+    each input as the one string its ledger row already holds, not as a dict of
+    fresh strings (about 65 MB at 100,000 tasks). A report reads one field of
+    an input (its prompt, its aspect ratio) or writes it whole (`as_dict`).
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def as_dict(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = json.loads(self.text)
+        return decoded
+
+    def __getitem__(self, name: str) -> Any:
+        return self.as_dict()[name]
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.as_dict().get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.as_dict())
+
+    def __len__(self) -> int:
+        return len(self.as_dict())
+
+    def __eq__(self, other: object) -> bool:
+        return self.as_dict() == (other.as_dict() if isinstance(other, StoredInput) else other)
+
+    __hash__ = None  # type: ignore[assignment]  # a mapping: unhashable, as a dict is
+
+    def __repr__(self) -> str:
+        return f"StoredInput({self.text})"
+
+
+def plain_input(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A task's input as a dict, decoded once if it is a `StoredInput`."""
+    return value.as_dict() if isinstance(value, StoredInput) else dict(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,7 +555,7 @@ def task_document(task: TaskEntry) -> dict[str, Any]:
         "key": task.key,
         "task_id": task.task_id,
         "model": task.model,
-        "input": dict(task.input),
+        "input": plain_input(task.input),
         "status": task.status,
         "cost_estimate": json_number(task.cost_estimate),
         "cost_actual": json_number(task.cost_actual),

@@ -79,7 +79,7 @@ class Sheet:
         """The report as the ledger has it now (no download, nothing written)."""
         with self._ledger_lock:
             rows = self.ledger.tasks(self.env, self.name)
-            outputs = {row.key: self.ledger.outputs(self.env, row.key) for row in rows}
+            outputs = self.ledger.manifest_outputs(self.env, self.name)
             verdicts = self.ledger.verdicts(self.env, self.name)
         plan = self.plan_for(self.plan, rows)
         return build_report(

@@ -382,6 +382,9 @@ class Executor:
             for task in list(self._drivers):
                 task.cancel()
             await self.fleet.stop()
+            # The client outlives the run (the downloads after it use it): its
+            # hook must not keep this executor, and every task's job, alive.
+            self.client.on_throttle = None
         if self._fatal is not None:
             raise self._fatal
         return self._result()
@@ -549,19 +552,21 @@ class Executor:
         (`Budget.elsewhere`); tasks synced here count on the board now, so
         `elsewhere` becomes what the ledger holds beyond the board.
         """
-        rows = {r.key: r for r in self.ledger.tasks(self.env, self.plan.name)}
-        drifted = [
-            (job, rows[job.key])
-            for job in self.board.jobs
-            if job.key in rows and rows[job.key].status != job.status
-        ]
+        # The rows one at a time: only those that moved on without us are kept.
+        drifted: list[tuple[TaskJob, TaskRow]] = []
+        total = Decimal(0)
+        jobs = self._jobs_by_key()
+        for row in self.ledger.each_task(self.env, self.plan.name):
+            total += row.committed
+            job = jobs.get(row.key)
+            if job is not None and row.status != job.status:
+                drifted.append((job, row))
         for job, row in drifted:
             self.budget.forget(job)
             self._sync(job, row)
         # What other processes committed, as the ledger has it now: during the
         # run `elsewhere` kept the largest difference a reservation showed,
         # which a task re-priced meanwhile can leave too high.
-        total = sum((r.committed for r in rows.values()), Decimal(0))
         board = self.board.committed + self.budget.others_committed
         self.budget.elsewhere = max(Decimal(0), total - board)
 
