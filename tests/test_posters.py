@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import stat
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from report_helpers import sha256, video_bytes
+from run_helpers import write_manifest
 
+from mvbatch.commands import running
+from mvbatch.report import posters
 from mvbatch.report.html import contact_sheet
 from mvbatch.report.model import OutputEntry, Report, TaskEntry
-from mvbatch.report.posters import make_posters, poster_relpath
+from mvbatch.report.posters import PostersAsVideosLand, make_posters, poster_relpath
+from mvbatch.settings import Settings
 
 needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ffmpeg is absent (apt-get install ffmpeg; CI has it)"
@@ -104,3 +110,56 @@ def test_a_hung_ffmpeg_is_stopped_by_the_timeout(tmp_path: Path) -> None:
     stats = make_posters(r, tmp_path, ffmpeg=os.fspath(fake), timeout=0.5)
     assert (stats.made, stats.failed) == (0, 1)
     assert jpegs(tmp_path) == []
+
+
+@needs_ffmpeg
+def test_posters_are_made_as_videos_land_once_each(tmp_path: Path) -> None:
+    good, other = video_bytes("a", 60_000), video_bytes("b", 60_000)
+    for name, data in (("a.mp4", good), ("b.mp4", other), ("bad.mp4", b"not a video")):
+        (tmp_path / "videos" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "videos" / name).write_bytes(data)
+    maker = PostersAsVideosLand()
+    maker.saved(tmp_path, "videos/a.mp4", sha256(good))
+    maker.saved(tmp_path, "videos/a.mp4", sha256(good))  # the same video: one poster
+    maker.saved(tmp_path, "videos/b.mp4", sha256(other))
+    maker.saved(tmp_path, "videos/bad.mp4", sha256(b"not a video"))  # failed, nothing left
+    maker.saved(tmp_path, "../outside.mp4", "f" * 64)  # not inside the folder: ignored
+    maker.close()
+    maker.close()  # twice is harmless
+    assert jpegs(tmp_path) == sorted(tmp_path / poster_relpath(sha256(c)) for c in (good, other))
+    maker.saved(tmp_path, "videos/b.mp4", "e" * 64)  # after close: nothing, no error
+    assert len(jpegs(tmp_path)) == 2
+
+
+@needs_ffmpeg
+def test_a_run_has_made_its_posters_before_its_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report of a run finds every video's poster made while the videos landed."""
+    monkeypatch.setenv("MVBATCH_SIM_SPEED", "0")
+    path = write_manifest(
+        tmp_path, "posters", [{"id": s, "prompt": f"a {s}"} for s in ("fox", "crow", "owl")]
+    )
+    settings = Settings(MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "out")
+    found_at_report: list[list[Path]] = []
+    make = posters.make_posters
+
+    def recording(report: Report, folder: Path, **kwargs: Any) -> posters.PosterStats:
+        found_at_report.append(jpegs(folder))
+        return make(report, folder, **kwargs)
+
+    monkeypatch.setattr(posters, "make_posters", recording)
+    prepared = running.prepare_run(
+        path, settings, simulate=True, max_cost=None, concurrency=3, retry_failed=False
+    )
+    try:
+        outcome = asyncio.run(running.execute(prepared, download=True))
+    finally:
+        prepared.close()
+    assert outcome.report is not None
+    videos = [o for t in outcome.report.report.tasks for o in t.outputs]
+    assert len(videos) == 3
+    assert all(o.sha256 for o in videos)
+    folder = tmp_path / "out" / "posters"
+    expected = sorted(folder / poster_relpath(o.sha256 or "") for o in videos)
+    assert found_at_report == [expected]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import signal
 from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
@@ -30,10 +31,11 @@ from mvbatch.commands.planning import build_plan, planned_rows
 from mvbatch.commands.selection import Kind, Selection, select, shard_cap, shard_of, shard_text
 from mvbatch.downloads.fetch import Downloader
 from mvbatch.errors import MvbatchError, UsageError
-from mvbatch.ledger import Ledger, TaskRow, keep_backup, open_ledger
+from mvbatch.ledger import Ledger, keep_backup, open_ledger
 from mvbatch.plan.planner import Plan
 from mvbatch.report import command as report
 from mvbatch.report.command import ReportResult
+from mvbatch.report.posters import PostersAsVideosLand
 from mvbatch.run.budget import Preflight, effective_cap, preflight
 from mvbatch.run.concurrency import MAX_CONCURRENCY
 from mvbatch.run.executor import Executor
@@ -61,7 +63,9 @@ class PreparedRun:
     concurrency: int
     retry_failed: bool
     max_wait: float | None  # seconds a run follows a task that has not ended; None: forever
-    rows: dict[str, TaskRow] = field(default_factory=dict)
+    # The plan state of each task the ledger has (`plan_view`): states, not
+    # rows, so a run of 100,000 tasks does not hold every row while it runs.
+    states: dict[str, str] = field(default_factory=dict)
     max_cost: Decimal | None = None  # --max-cost, shown beside the manifest's max_usd
     # What `plan` was chosen from (`run --draft`, `--approved-only`, `--reroll-rejected`).
     selection: Selection | None = None
@@ -72,10 +76,6 @@ class PreparedRun:
     def manifest_plan(self) -> Plan:
         """Every task of the manifest, recorded re-rolls included: what the report speaks of."""
         return self.selection.full if self.selection is not None else self.plan
-
-    @property
-    def states(self) -> dict[str, str]:
-        return {key: row.plan_state for key, row in self.rows.items()}
 
     def close(self) -> None:
         self.ledger.close()
@@ -154,7 +154,7 @@ def prepare_run(
         concurrency,
         retry_failed,
         max_wait,
-        rows,
+        {key: row.plan_state for key, row in rows.items()},
         max_cost,
         chosen,
         shard_line,
@@ -241,11 +241,17 @@ async def execute(
     ended = False  # the run came to its end: the ledger is backed up after it
     api = ApiClient(endpoint.api_client(max_connections=pool_size(prepared.concurrency)))
     files = endpoint.files_client() if download else None
+    # Each video's poster as it lands, not all after the last one.
+    posters_made = PostersAsVideosLand()
     try:
         downloader = None
         if files is not None:
             downloader = Downloader(
-                ledger, files, prepared.settings.output_dir, refresh=api.refresh_outputs
+                ledger,
+                files,
+                prepared.settings.output_dir,
+                refresh=api.refresh_outputs,
+                on_saved=posters_made.saved,
             )
         executor = Executor(
             the_plan,
@@ -260,23 +266,28 @@ async def execute(
             max_wait=prepared.max_wait,
             lease=prepared.settings.lease_seconds,
         )
-        if stopper is not None:
-            stopper.executor = executor
         try:
-            if watch is not None:
-                async with watch(executor):
-                    result = await executor.run()
-            else:
-                result = await executor.run()
+            result = await _run_executor(executor, watch, stopper)
         except MvbatchError as error:
             outcome = f"error: {type(error).__name__}"
             raise
+        # The executor's jobs (one per task) are not needed for the reports:
+        # let them go before the reports are built (at 100,000 tasks, the
+        # difference between the run's peak memory and the executing's). Its
+        # parts refer to each other: only a collection frees them.
+        del executor
+        gc.collect()
         outcome = _outcome(result)
         written = None
         if not result.interrupted:
             written = await _download_and_report(
                 report.finish_run(
-                    downloader, prepared.settings, ledger, prepared.manifest_plan, endpoint.env
+                    downloader,
+                    prepared.settings,
+                    ledger,
+                    prepared.manifest_plan,
+                    endpoint.env,
+                    posters_made=posters_made,
                 ),
                 stopper,
             )
@@ -296,8 +307,26 @@ async def execute(
         await api.aclose()
         if files is not None:
             await files.aclose()
+        await asyncio.to_thread(posters_made.close)
         if stopper is not None:
             stopper.uninstall(loop)
+
+
+async def _run_executor(
+    executor: Executor,
+    watch: Callable[[Executor], AbstractAsyncContextManager[Any]] | None,
+    stopper: Stopper | None,
+) -> RunResult:
+    if stopper is not None:
+        stopper.executor = executor
+    try:
+        if watch is None:
+            return await executor.run()
+        async with watch(executor):
+            return await executor.run()
+    finally:
+        if stopper is not None:
+            stopper.executor = None  # a Ctrl-C from now on stops the downloads
 
 
 async def _download_and_report(

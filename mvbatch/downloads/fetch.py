@@ -138,6 +138,7 @@ class Downloader:
         max_failures: int = MAX_FAILURES,
         max_refreshes: int = MAX_REFRESHES,
         bounds: Bounds = Bounds(),  # noqa: B008 - frozen: one value shared is fine
+        on_saved: Callable[[Path, str, str], None] | None = None,
     ) -> None:
         if "authorization" in client.headers:
             # Output files live on other hosts (CDNs, buckets): a client that
@@ -151,6 +152,9 @@ class Downloader:
         self.max_failures = max_failures
         self.max_refreshes = max_refreshes
         self.bounds = bounds
+        # Told of each new video once it is on disk and verified: (report
+        # folder, its path there, its SHA-256); the run makes its poster.
+        self.on_saved = on_saved
         # The first write refused for want of space: no new file is started
         # after it, and the caller raises it once the reports are written.
         self.disk_full: DiskFull | None = None
@@ -205,6 +209,9 @@ class Downloader:
         results = await asyncio.gather(*(self._fetch_output(row, record) for record in outputs))
         for fetched in results:
             self.stats.add(fetched)
+            if self.on_saved and fetched.outcome == "downloaded" and fetched.path:
+                folder = report_folder(self.output_dir, row.manifest)
+                self.on_saved(folder, fetched.path, fetched.sha256 or "")
         self._results.extend(results)
         return list(results)
 

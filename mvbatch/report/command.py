@@ -1,7 +1,8 @@
 """Writing the reports of a manifest: fetch what is missing, then write the four files.
 
 Owns: the two ways a report gets written: `finish_run` (the end of `mvbatch
-run`: the downloads catch up, then the reports) and `report_command` (`mvbatch
+run`: the downloads catch up, the posters made as videos landed are done
+(`posters.PostersAsVideosLand`), then the reports) and `report_command` (`mvbatch
 report`: verify or fetch the videos through the downloader, then the
 reports); writing report.json, report.csv, report.md and report.html into
 `MVBATCH_OUTPUT_DIR/<name>/` next to the videos, each streamed
@@ -21,7 +22,7 @@ client it hands to the downloader for URL refreshes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,20 +161,21 @@ def write_report(
     plan: Plan | None = None,
     fetched: Sequence[Fetched] = (),
     downloads: DownloadStats | None = None,
-    rows: Sequence[TaskRow] | None = None,
+    rows: Iterable[TaskRow] | None = None,
 ) -> ReportResult:
     """Read the ledger and write the four report files; no network.
 
-    `rows`: the manifest's tasks, when the caller has just read them (at
-    100,000 tasks a second read costs seconds).
+    `rows`: the manifest's tasks, when the caller has them; else they are read
+    from the ledger one at a time as the report is built (at 100,000 tasks,
+    holding every row at once is a hundred megabytes).
     """
     folder = report_folder_of(settings, name)
-    rows = ledger.tasks(env, name) if rows is None else rows
-    outputs = {row.key: ledger.outputs(env, row.key) for row in rows}
+    outputs = ledger.manifest_outputs(env, name)
+    recorded = {(key, o.idx) for key, found in outputs.items() for o in found if o.path}
     report = build_report(
         name,
         env,
-        rows,
+        ledger.each_task(env, name) if rows is None else rows,
         outputs,
         folder,
         plan=plan,
@@ -182,7 +184,6 @@ def write_report(
         verdicts=ledger.verdicts(env, name),
     )
     files = write_reports(report, folder)
-    recorded = {(key, o.idx) for key, found in outputs.items() for o in found if o.path}
     on_disk = {(t.key, o.idx) for t in report.tasks for o in t.outputs if o.path}
     lost = len(recorded - on_disk)
     log.info(
@@ -198,7 +199,13 @@ def write_report(
 
 
 async def finish_run(
-    downloader: Downloader | None, settings: Settings, ledger: Ledger, plan: Plan, env: str
+    downloader: Downloader | None,
+    settings: Settings,
+    ledger: Ledger,
+    plan: Plan,
+    env: str,
+    *,
+    posters_made: posters.PostersAsVideosLand | None = None,
 ) -> ReportResult:
     """The end of `mvbatch run`: catch up on downloads, then write the reports.
 
@@ -217,6 +224,8 @@ async def finish_run(
         rows = [r for r in ledger.tasks(env, plan.name) if r.key not in tried]
         fetched += await downloader.fetch(rows)
         stats = downloader.stats
+    if posters_made is not None:  # the rest are the report's to make, a few at a time
+        await asyncio.to_thread(posters_made.close)
     result = write_report(
         settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=stats
     )
@@ -232,17 +241,14 @@ def report_command(
     env: str,
     *,
     download: bool,
-    rows: Sequence[TaskRow] | None = None,
 ) -> ReportResult:
     """`mvbatch report MANIFEST [--no-download]`: verify or fetch the videos, write the reports.
 
     The caller chose `env` (the side of the manifest's last run) and built
-    `plan` with that side's learned rates (`commands.reporting.report_manifest`);
-    `rows` are the manifest's tasks if it has just read them (used as they are
-    when nothing is downloaded).
+    `plan` with that side's learned rates (`commands.reporting.report_manifest`).
     """
     if not download:
-        return write_report(settings, ledger, plan.name, env, plan=plan, rows=rows)
+        return write_report(settings, ledger, plan.name, env, plan=plan)
     rows = [r for r in ledger.tasks(env, plan.name) if r.status == "succeeded"]
     fetched, downloader = asyncio.run(_download(settings, ledger, env, rows))
     result = write_report(

@@ -4,7 +4,8 @@ Owns: `posters/<sha256>.jpg` in the report folder, one per video, named by
 the video's content hash (so a poster is made once per distinct video, kept
 across reports, and never goes stale: a changed video has another hash);
 making the missing ones with ffmpeg (`make_posters`), each under a timeout,
-a few at a time; and `poster_relpath`, the one place the name is decided
+a few at a time, or one by one as a run downloads each video
+(`PostersAsVideosLand`); and `poster_relpath`, the one place the name is decided
 (`html.py` asks it whether a video has a poster).
 
 Never fatal: ffmpeg absent, a video ffmpeg cannot read, a timeout or a full
@@ -25,13 +26,14 @@ import os
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
 from mvbatch import logs
 from mvbatch.downloads.naming import contained
+from mvbatch.plan import mp4_probe
 from mvbatch.report.model import Report
 
 FOLDER = "posters"
@@ -106,6 +108,68 @@ def make_posters(
     )
     log.info("poster.made", made=stats.made, cached=cached, failed=stats.failed)
     return stats
+
+
+class PostersAsVideosLand:
+    """Posters made while a run runs, one video at a time, as each is downloaded.
+
+    A run used to make every poster after its last video (12 s for 200 videos
+    here): its process ended that much later than the videos. Now each new
+    video's poster is made in one background thread as the video lands
+    (`saved`, the downloader's hook). One thread: ffmpeg never takes more than
+    one core from the run. `close` finishes the poster being made and makes
+    the ones still queued (videos that landed together) a few at a time: once
+    it returns, every video handed in has its poster, or a logged reason.
+    """
+
+    def __init__(self, ffmpeg: str | None = None, *, timeout: float = TIMEOUT) -> None:
+        self.binary = ffmpeg or shutil.which("ffmpeg")
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=1) if self.binary else None
+        self._queued: list[tuple[Future[str], tuple[Path, str, str]]] = []
+        self._seen: set[str] = set()
+
+    def saved(self, folder: Path, relpath: str, sha256: str) -> None:
+        """A video was just downloaded and verified: queue its poster."""
+        if self._pool is None or not sha256 or sha256 in self._seen:
+            return
+        self._seen.add(sha256)
+        video = (folder, relpath, sha256)
+        self._queued.append((self._pool.submit(self._one, *video), video))
+
+    def close(self) -> None:
+        if self._pool is None:
+            return
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool = None
+        made = [f.result() for f, _ in self._queued if not f.cancelled()]
+        backlog = [video for f, video in self._queued if f.cancelled()]
+        if backlog:
+            with ThreadPoolExecutor(max_workers=min(WORKERS, os.cpu_count() or 1)) as pool:
+                made += pool.map(lambda video: self._one(*video), backlog)
+        self._queued = []
+        if made:
+            log.info(
+                "poster.made_during_run",
+                made=made.count("made"),
+                failed=made.count("failed"),
+                after_the_run=len(backlog),
+            )
+
+    def _one(self, folder: Path, relpath: str, sha256: str) -> str:
+        target = folder / poster_relpath(sha256)
+        video = contained(folder, relpath)
+        if self.binary is None or video is None:
+            return "skipped"
+        if target.is_file():
+            return "cached"
+        try:
+            target.parent.mkdir(exist_ok=True)
+        except OSError as error:
+            log.warning("poster.failed", reason=str(error))
+            return "failed"
+        seconds = mp4_probe.local_duration(video)
+        return _make_one(self.binary, video, target, seconds, self.timeout)
 
 
 def _make_one(
