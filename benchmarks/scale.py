@@ -84,6 +84,17 @@ def measure(argv: list[str], env: dict[str, str], out: Path) -> dict[str, float]
     }
 
 
+def tasks_in(plan_json: Path) -> int:
+    """`plan --json`'s task count, parsed in a child process: parsing 50 MB here
+    would grow this process, and Linux counts a parent's resident memory at
+    fork in every later child's peak RSS (`ru_maxrss`)."""
+    code = "import json, sys; print(json.load(open(sys.argv[1]))['totals']['tasks'])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(plan_json)], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
 LOAD_AND_PLAN = """
 import json, sys, time
 from pathlib import Path
@@ -130,7 +141,7 @@ def run_size(tasks: int, tree: Path | None, commands: list[str]) -> dict[str, di
             out = folder / f"{name.replace(' ', '_')}.out"
             found = measure(argv, env, out)
             if name == "plan --json" and found["code"] == 0:
-                found["tasks"] = json.loads(out.read_bytes())["totals"]["tasks"]
+                found["tasks"] = tasks_in(out)
             found["stdout_kb"] = out.stat().st_size / 1024
             results[name] = found
             if found["code"] not in (0, 1):  # 1: some tasks of the run failed (simulated)

@@ -199,14 +199,15 @@ def test_a_verdict_is_a_ledger_event_that_survives_kill_9_and_reaches_report_jso
     assert (tasks[key]["verdict"], tasks[key]["note"]) == ("rejected", "the car melts at 3 s")
 
 
-def test_ctrl_c_stops_cleanly_and_writes_the_reports_with_the_verdicts(
-    server: Server, demo: Demo
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_writes_the_reports_with_the_verdicts(
+    server: Server, demo: Demo, stop: signal.Signals
 ) -> None:
     key = demo.keys()[3]
     with server.client() as client:
         answer = client.post("/api/verdict", json={"key": key, "verdict": "approved"})
         assert answer.status_code == 200
-    server.process.send_signal(signal.SIGINT)
+    server.process.send_signal(stop)
     assert server.process.wait(timeout=30) == 0, server.output.read_text(encoding="utf-8")
     tasks = {t["key"]: t for t in json.loads((demo.folder / "report.json").read_text())["tasks"]}
     assert tasks[key]["verdict"] == "approved"

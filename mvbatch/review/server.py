@@ -5,7 +5,7 @@ URL printed names the real one (`origin`), and a busy port or an address
 this machine does not have is a `UsageError` that names it and suggests
 `--port`, not a traceback; running uvicorn on that socket without lifespan
 events or access log (a request's URL may carry the token), and returning
-normally when it is interrupted.
+normally when it is interrupted (Ctrl-C, or SIGTERM: the same).
 
 Must not: choose the host or port (the command line does), print, or open a
 browser (`commands.reviewing`).
@@ -14,7 +14,9 @@ browser (`commands.reviewing`).
 from __future__ import annotations
 
 import errno
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -80,11 +82,20 @@ def serve(app: ASGIApp, sock: socket.socket) -> None:
             timeout_graceful_shutdown=2,
         )
     )
+    # uvicorn stops gracefully on SIGINT or SIGTERM, then raises the signal
+    # again for the caller, under the handler that was there before it ran:
+    # SIGTERM would then kill the process before the reports are written. Under
+    # ours it ends the review as Ctrl-C does (`kill`, a service manager).
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
-        # uvicorn stops gracefully on the signal, then raises it again for
-        # the caller: for a server, Ctrl-C is how it is meant to end.
-        pass
+        pass  # for a server, Ctrl-C is how it is meant to end
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
+
+
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
