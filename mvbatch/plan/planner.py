@@ -103,13 +103,11 @@ class _Builder:
     tasks: dict[str, PlannedTask] = field(default_factory=dict)
     # Only for tasks asked for by more than one shot: every shot, in order.
     shared: dict[str, list[str]] = field(default_factory=dict)
-    # One object for each variant and estimate that many tasks share (every
-    # shot's matrix names the same variants; a price tier has one estimate
-    # per length): about a third of a 100,000-task plan's memory otherwise.
-    # Keyed with the values' types (`true` and `1` compare equal) and the
-    # estimates' decimal texts (so do `1.0` and `1.00`): the same value, exactly.
+    # One object for each variant many tasks share (every shot's matrix names
+    # the same ones): 36 MB of a 100,000-task plan otherwise. Keyed with the
+    # values' types too: `true` and `1` compare equal, but are not one value.
+    # (Estimates are shared already: `PriceBook` makes one per class and length.)
     variants: dict[Any, Variant] = field(default_factory=dict)
-    estimates: dict[Any, Estimate] = field(default_factory=dict)
 
     @property
     def file(self) -> str:
@@ -285,7 +283,6 @@ def _plan_shot(b: _Builder, shot: Shot) -> None:
             )
         if errors or estimate is None:
             continue
-        estimate = _one_of(b.estimates, estimate, (str(estimate.cost), str(estimate.seconds)))
         for take in range(1, takes + 1):
             key = task_key_from_text(name, model.slug, canonical, take)
             if key in b.tasks:
