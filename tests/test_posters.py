@@ -14,7 +14,7 @@ import pytest
 from report_helpers import sha256, video_bytes
 from run_helpers import write_manifest
 
-from mvbatch.commands import running
+from mvbatch.commands import reporting, running
 from mvbatch.report import posters
 from mvbatch.report.html import contact_sheet
 from mvbatch.report.model import OutputEntry, Report, TaskEntry
@@ -163,3 +163,35 @@ def test_a_run_has_made_its_posters_before_its_report(
     folder = tmp_path / "out" / "posters"
     expected = sorted(folder / poster_relpath(o.sha256 or "") for o in videos)
     assert found_at_report == [expected]
+
+
+@needs_ffmpeg
+def test_a_report_that_downloads_has_made_its_posters_before_it_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mvbatch report` after `run --no-download`: the posters come with the videos."""
+    monkeypatch.setenv("MVBATCH_SIM_SPEED", "0")
+    path = write_manifest(
+        tmp_path, "later", [{"id": s, "prompt": f"a {s}"} for s in ("elk", "jay")]
+    )
+    settings = Settings(MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "out")
+    prepared = running.prepare_run(
+        path, settings, simulate=True, max_cost=None, concurrency=2, retry_failed=False
+    )
+    try:
+        asyncio.run(running.execute(prepared, download=False))
+    finally:
+        prepared.close()
+    found_at_report: list[list[Path]] = []
+    make = posters.make_posters
+
+    def recording(report: Report, folder: Path, **kwargs: Any) -> posters.PosterStats:
+        found_at_report.append(jpegs(folder))
+        return make(report, folder, **kwargs)
+
+    monkeypatch.setattr(posters, "make_posters", recording)
+    written = reporting.report_manifest(path, settings, download=True)
+    videos = [o for t in written.report.tasks for o in t.outputs]
+    assert len(videos) == 2
+    folder = tmp_path / "out" / "later"
+    assert found_at_report == [sorted(folder / poster_relpath(o.sha256 or "") for o in videos)]

@@ -3,9 +3,10 @@
 Owns: the two ways a report gets written: `finish_run` (the end of `mvbatch
 run`: the downloads catch up, the posters made as videos landed are done
 (`posters.PostersAsVideosLand`), then the reports) and `report_command` (`mvbatch
-report`: verify or fetch the videos through the downloader, then the
-reports); writing report.json, report.csv, report.md and report.html into
-`MVBATCH_OUTPUT_DIR/<name>/` next to the videos, each streamed
+report`: verify or fetch the videos through the downloader, each new
+video's poster made as it lands, then the reports); writing report.json,
+report.csv, report.md and report.html into `MVBATCH_OUTPUT_DIR/<name>/` next
+to the videos, each streamed
 (`write_reports`), after the missing poster frames (`posters.make_posters`,
 never fatal: without ffmpeg the sheet shows each video's first frame);
 a full disk (`DiskFull`, exit 4), raised once the reports are written,
@@ -250,7 +251,11 @@ def report_command(
     if not download:
         return write_report(settings, ledger, plan.name, env, plan=plan)
     rows = [r for r in ledger.tasks(env, plan.name) if r.status == "succeeded"]
-    fetched, downloader = asyncio.run(_download(settings, ledger, env, rows))
+    posters_made = posters.PostersAsVideosLand()  # each as its video lands, as `run` does
+    try:
+        fetched, downloader = asyncio.run(_download(settings, ledger, env, rows, posters_made))
+    finally:
+        posters_made.close()
     result = write_report(
         settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=downloader.stats
     )
@@ -260,7 +265,11 @@ def report_command(
 
 
 async def _download(
-    settings: Settings, ledger: Ledger, env: str, rows: list[TaskRow]
+    settings: Settings,
+    ledger: Ledger,
+    env: str,
+    rows: list[TaskRow],
+    posters_made: posters.PostersAsVideosLand,
 ) -> tuple[list[Fetched], Downloader]:
     if env == "sim":
         endpoint = choose(settings, simulate=True)
@@ -281,7 +290,9 @@ async def _download(
         refresh = api.refresh_outputs
     try:
         async with endpoint.files_client() as files:
-            downloader = Downloader(ledger, files, settings.output_dir, refresh=refresh)
+            downloader = Downloader(
+                ledger, files, settings.output_dir, refresh=refresh, on_saved=posters_made.saved
+            )
             return await downloader.fetch(rows), downloader
     finally:
         if api is not None:
