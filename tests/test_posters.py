@@ -131,6 +131,19 @@ def test_posters_are_made_as_videos_land_once_each(tmp_path: Path) -> None:
     assert len(jpegs(tmp_path)) == 2
 
 
+def posters_found_by_the_report(monkeypatch: pytest.MonkeyPatch) -> list[list[Path]]:
+    """The posters on disk each time a report is about to make the missing ones."""
+    found: list[list[Path]] = []
+    make = posters.make_posters
+
+    def recording(report: Report, folder: Path, **kwargs: Any) -> posters.PosterStats:
+        found.append(jpegs(folder))
+        return make(report, folder, **kwargs)
+
+    monkeypatch.setattr(posters, "make_posters", recording)
+    return found
+
+
 @needs_ffmpeg
 def test_a_run_has_made_its_posters_before_its_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -141,14 +154,7 @@ def test_a_run_has_made_its_posters_before_its_report(
         tmp_path, "posters", [{"id": s, "prompt": f"a {s}"} for s in ("fox", "crow", "owl")]
     )
     settings = Settings(MVBATCH_STATE_DIR=tmp_path / "state", MVBATCH_OUTPUT_DIR=tmp_path / "out")
-    found_at_report: list[list[Path]] = []
-    make = posters.make_posters
-
-    def recording(report: Report, folder: Path, **kwargs: Any) -> posters.PosterStats:
-        found_at_report.append(jpegs(folder))
-        return make(report, folder, **kwargs)
-
-    monkeypatch.setattr(posters, "make_posters", recording)
+    found_at_report = posters_found_by_the_report(monkeypatch)
     prepared = running.prepare_run(
         path, settings, simulate=True, max_cost=None, concurrency=3, retry_failed=False
     )
@@ -182,16 +188,27 @@ def test_a_report_that_downloads_has_made_its_posters_before_it_writes(
         asyncio.run(running.execute(prepared, download=False))
     finally:
         prepared.close()
-    found_at_report: list[list[Path]] = []
-    make = posters.make_posters
-
-    def recording(report: Report, folder: Path, **kwargs: Any) -> posters.PosterStats:
-        found_at_report.append(jpegs(folder))
-        return make(report, folder, **kwargs)
-
-    monkeypatch.setattr(posters, "make_posters", recording)
+    found_at_report = posters_found_by_the_report(monkeypatch)
     written = reporting.report_manifest(path, settings, download=True)
     videos = [o for t in written.report.tasks for o in t.outputs]
     assert len(videos) == 2
     folder = tmp_path / "out" / "later"
     assert found_at_report == [sorted(folder / poster_relpath(o.sha256 or "") for o in videos)]
+
+
+def test_an_interrupted_run_drops_the_queued_posters(tmp_path: Path) -> None:
+    """After Ctrl-C the run ends without making the posters still queued (the next
+    report makes them): at most the one under way is waited for."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "ffmpeg"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho x >> {calls}\nexec sleep 0.3\n", encoding="utf-8")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    maker = PostersAsVideosLand(os.fspath(fake))
+    for n in range(4):
+        (tmp_path / f"v{n}.mp4").write_bytes(video_bytes(str(n), 1_000))
+        maker.saved(tmp_path, f"v{n}.mp4", f"{n}" * 64)
+    maker.close(finish=False)
+    made = calls.read_text().count("x") if calls.exists() else 0
+    assert made <= 1
+    assert jpegs(tmp_path) == []

@@ -190,7 +190,7 @@ class Stopper:
         self.count = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Event loops without signal support (Windows) raise NotImplementedError;
+        # Event loops without signal support (Windows) refuse the handler;
         # Ctrl-C then arrives as KeyboardInterrupt, which the CLI edge maps to 130.
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -307,7 +307,9 @@ async def execute(
         await api.aclose()
         if files is not None:
             await files.aclose()
-        await asyncio.to_thread(posters_made.close)
+        # Done already at the end of the downloads; after Ctrl-C or an error,
+        # the queued posters are left to the next report.
+        await asyncio.to_thread(posters_made.close, finish=False)
         if stopper is not None:
             stopper.uninstall(loop)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -49,13 +50,16 @@ def status_document(path: Path, settings: Settings) -> dict[str, Any]:
     tally: _Tally | None = None
     unknown: dict[str, int] = {}
     if not ledger_exists(settings.ledger_location()):
-        the_plan, plan_error = _status_plan(path, settings, env, has_rows=False)
+        the_plan, plan_error = _status_plan(path, settings, env, has_rows=lambda: False)
     else:
         with open_ledger(settings.ledger_location()) as ledger:
             run = ledger.last_run(name)
             if run is not None:
                 env = str(run["env"])
-            has_rows = bool(ledger.task_states(env, name))
+
+            def has_rows() -> bool:  # can the ledger speak without a plan? asked only then
+                return bool(ledger.task_states(env, name))
+
             the_plan, plan_error = _status_plan(path, settings, env, has_rows=has_rows)
             if the_plan is not None:  # re-rolled takes (`run --reroll-rejected`) were planned too
                 the_plan, _ = with_rerolls(the_plan, ledger.rerolls(env, name))
@@ -173,14 +177,14 @@ def _unknown_statuses(ledger: Ledger, env: str, rows: list[TaskRow]) -> dict[str
 
 
 def _status_plan(
-    path: Path, settings: Settings, env: str, *, has_rows: bool
+    path: Path, settings: Settings, env: str, *, has_rows: Callable[[], bool]
 ) -> tuple[Plan | None, str | None]:
     """The manifest's plan for `status`, or (None, why) when it does not plan but the ledger
     can still speak; without ledger rows the error is the answer."""
     try:
         return build_plan(path, settings, env), None
     except MvbatchError as error:
-        if not has_rows:
+        if not has_rows():
             raise
         log.info("status.unplanned", manifest=str(path), error=error.message)
         return None, error.message

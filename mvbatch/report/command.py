@@ -254,8 +254,9 @@ def report_command(
     posters_made = posters.PostersAsVideosLand()  # each as its video lands, as `run` does
     try:
         fetched, downloader = asyncio.run(_download(settings, ledger, env, rows, posters_made))
-    finally:
         posters_made.close()
+    finally:
+        posters_made.close(finish=False)  # interrupted: the queued ones wait for the next report
     result = write_report(
         settings, ledger, plan.name, env, plan=plan, fetched=fetched, downloads=downloader.stats
     )

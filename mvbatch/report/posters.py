@@ -137,13 +137,19 @@ class PostersAsVideosLand:
         video = (folder, relpath, sha256)
         self._queued.append((self._pool.submit(self._one, *video), video))
 
-    def close(self) -> None:
+    def close(self, *, finish: bool = True) -> None:
+        """Wait for the poster under way; make the queued ones too if `finish`.
+
+        Not `finish` (a run interrupted, the downloads failed): the queued
+        ones are dropped, for the next report to make; Ctrl-C must not wait
+        for a backlog of ffmpeg runs.
+        """
         if self._pool is None:
             return
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool = None
         made = [f.result() for f, _ in self._queued if not f.cancelled()]
-        backlog = [video for f, video in self._queued if f.cancelled()]
+        backlog = [video for f, video in self._queued if f.cancelled()] if finish else []
         if backlog:
             with ThreadPoolExecutor(max_workers=min(WORKERS, os.cpu_count() or 1)) as pool:
                 made += pool.map(lambda video: self._one(*video), backlog)
